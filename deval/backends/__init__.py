@@ -1,0 +1,39 @@
+"""Backend registry: name -> (module, class, extra). Modules import lazily, so a missing optional dependency
+only matters for the backend that needs it."""
+
+from __future__ import annotations
+
+import importlib
+
+from deval.backend import Backend
+from deval.errors import BackendUnavailable, ConfigError
+
+BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "mock": ("deval.backends.mock", "MockBackend", None),
+    "local": ("deval.backends.local", "LocalBackend", "local"),
+}
+
+DESCRIPTIONS = {
+    "mock": "scripted models for tests and demos: d, e, uniform, off-format (no model, no network)",
+    "local": "a GGUF model in-process through llama-cpp-python: exact full next-token distributions",
+}
+
+
+def backend_class(name: str) -> type:
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend '{name}'; run 'deval backends' to list them")
+    module_name, class_name, extra = BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if extra is None:
+            raise
+        raise BackendUnavailable(
+            f"the {name} backend needs {exc.name or 'an optional dependency'}: install it with "
+            f"pip install 'deval[{extra}]'") from None
+    return getattr(module, class_name)
+
+
+def create(name: str, model: str | None, **options) -> Backend:
+    """A ready backend; options are the backend's own keyword arguments (validated by the backend)."""
+    return backend_class(name)(model=model, **options)

@@ -1,0 +1,86 @@
+"""A scripted backend for tests and demos: deterministic under the seed, it records the runs it received.
+
+The mock's vocabulary is the task's items plus one 'other' token for everything off the set; temperature and
+filters act on it exactly as on a real vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from deval.backend import RunSpec, Step
+from deval.errors import ConfigError
+from deval.sampling import draw, sampling_logprobs
+
+MODELS = {
+    "d": "each step nearly one-hot on a planned item; the plan's counts follow P_task",
+    "e": "P_token close to P_task with small noise at every step",
+    "uniform": "uniform over the items, ignoring P_task",
+    "off-format": "most of the mass off the items: the model does not follow the task format",
+}
+OTHER_MASS = {"d": 0.002, "e": 0.02, "uniform": 0.02, "off-format": 0.9}
+
+
+class MockBackend:
+    """Speaks the backend protocol without a model."""
+
+    name = "mock"
+    exact = True
+
+    def __init__(self, model: str | None = None):
+        if model not in MODELS:
+            raise ConfigError(f"unknown mock model '{model}'; choose one of {', '.join(MODELS)} with --model")
+        self.model = model
+        self.calls: list[RunSpec] = []
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model": self.model, "exact": True, "about": MODELS[self.model]}
+
+    def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
+        for spec in runs:
+            self.calls.append(spec)
+            yield from self._run(spec)
+
+    def close(self) -> None:
+        pass
+
+    def _run(self, spec: RunSpec) -> Iterator[Step]:
+        rng = np.random.default_rng(spec.seed)
+        p_task = spec.task.p_task
+        k = len(p_task)
+        plan = _plan(p_task, spec.steps, rng) if self.model == "d" else None
+        for t in range(spec.steps):
+            on_set = self._item_probs(p_task, plan[t] if plan is not None else None, rng)
+            vocab = np.append(on_set * (1.0 - OTHER_MASS[self.model]), OTHER_MASS[self.model])
+            with np.errstate(divide="ignore"):
+                logp = sampling_logprobs(np.log(vocab), spec.temperature, spec.filters)
+            choice = draw(logp, rng)
+            sampled = choice if choice < k else None
+            yield Step(task=spec.task.name, run=spec.run, step=t, probs=tuple(np.exp(logp[:k]).tolist()),
+                       sampled=sampled, text=spec.task.items[choice] if sampled is not None else "<other>",
+                       final=t == spec.steps - 1)
+
+    def _item_probs(self, p_task: np.ndarray, planned: int | None, rng: np.random.Generator) -> np.ndarray:
+        k = len(p_task)
+        if self.model == "d":
+            p = np.full(k, 0.03 / max(k - 1, 1))
+            p[planned] = 0.97 if k > 1 else 1.0
+            return p / p.sum()
+        if self.model == "e":
+            return rng.dirichlet(400.0 * p_task + 1e-3)
+        if self.model == "uniform":
+            return np.full(k, 1.0 / k)
+        return p_task.copy()  # off-format: aligned, but little mass on the set
+
+
+def _plan(p_task: np.ndarray, steps: int, rng: np.random.Generator) -> np.ndarray:
+    """Items for each step whose counts follow P_task (largest remainder), in random order."""
+    exact = p_task * steps
+    counts = np.floor(exact).astype(int)
+    remainder = steps - counts.sum()
+    counts[np.argsort(-(exact - counts), kind="stable")[:remainder]] += 1
+    plan = np.repeat(np.arange(len(p_task)), counts)
+    rng.shuffle(plan)
+    return plan

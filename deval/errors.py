@@ -1,0 +1,17 @@
+"""The errors deval raises on purpose; the CLI prints these as one line and exits 2."""
+
+
+class DevalError(Exception):
+    """Root of every error the CLI reports as a one-line message."""
+
+
+class ConfigError(DevalError):
+    """Bad input: an option, a task file, a preset file or a run directory."""
+
+
+class BackendUnavailable(DevalError):
+    """A backend's optional dependency or model file is missing."""
+
+
+class BackendError(DevalError):
+    """A backend failed in a way that retrying will not fix."""

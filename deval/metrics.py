@@ -1,0 +1,142 @@
+"""Pure metric functions over arrays of item probabilities (see ../shared/reference/metrics.md).
+
+Shapes: R runs, T item positions, K items. Ragged runs are padded with NaN probabilities and sampled = PAD.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+INVALID = -1  # the model produced something off the item set at this position
+PAD = -2  # no position here (the run was shorter)
+
+
+def tv(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Total variation distance along the last axis."""
+    return 0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum(axis=-1)
+
+
+def on_set_mass(probs: np.ndarray) -> np.ndarray:
+    """m_t = sum_x p_t(x)."""
+    return np.asarray(probs, dtype=float).sum(axis=-1)
+
+
+def p_token(probs: np.ndarray) -> np.ndarray:
+    """P_token_t = p_t / m_t, renormalised over the items; NaN where a step has no mass on the set."""
+    probs = np.asarray(probs, dtype=float)
+    mass = probs.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mass > 0, probs / np.where(mass > 0, mass, 1.0), np.nan)
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy in nats along the last axis (0 log 0 = 0)."""
+    p = np.asarray(p, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return np.where(np.isnan(p).any(axis=-1), np.nan, terms.sum(axis=-1))
+
+
+def extremity(e_score: np.ndarray | float, p_task: np.ndarray) -> np.ndarray | float:
+    """e~ = (e-score - max P_task) / (1 - max P_task): 0 for a calibrated model, 1 for one-hot steps."""
+    top = float(np.max(p_task))
+    return (np.asarray(e_score) - top) / (1.0 - top)
+
+
+def volatility(ptok: np.ndarray) -> np.ndarray:
+    """v_t = TV(P_token_t, P_token_{t-1}) for t >= 2: shape [R, T-1]."""
+    return tv(ptok[:, 1:], ptok[:, :-1])
+
+
+def run_means(x: np.ndarray) -> np.ndarray:
+    """Mean over the positions of each run, ignoring NaN; NaN for a run with no values."""
+    x = np.asarray(x, dtype=float)
+    counts = np.sum(~np.isnan(x), axis=1)
+    sums = np.nansum(x, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def counts(sampled: np.ndarray, k: int) -> np.ndarray:
+    """How often each item was sampled, per run: shape [R, K]."""
+    sampled = np.asarray(sampled)
+    return np.stack([np.bincount(row[row >= 0], minlength=k) for row in sampled]) if len(sampled) else np.zeros((0, k))
+
+
+def result_tvd(run_counts: np.ndarray, p_task: np.ndarray) -> np.ndarray:
+    """TV(P_result, P_task) per run, P_result from the valid sampled items; NaN for a run with none."""
+    run_counts = np.asarray(run_counts, dtype=float)
+    totals = run_counts.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_result = np.where(totals > 0, run_counts / np.where(totals > 0, totals, 1.0), np.nan)
+    return tv(p_result, p_task)
+
+
+def invalid_rate(sampled: np.ndarray) -> float:
+    """Share of positions whose sampled output was off the item set."""
+    sampled = np.asarray(sampled)
+    present = sampled != PAD
+    return float((sampled[present] == INVALID).mean()) if present.any() else float("nan")
+
+
+def quota_r(ptok: np.ndarray, sampled: np.ndarray, p_task: np.ndarray) -> np.ndarray:
+    """Per run, Pearson r between residual quota and deviation, pooled over t >= 2 and items.
+
+    Our reconstruction: residual r_t(x) = P_task(x) - c_{<t}(x)/(t-1) with c counting valid samples before t;
+    deviation d_t(x) = P_token_t(x) - P_task(x). r near 0 means no feedback from what was already emitted.
+    """
+    ptok = np.asarray(ptok, dtype=float)
+    r_runs, t_steps, k = ptok.shape
+    out = np.full(r_runs, np.nan)
+    if t_steps < 2:
+        return out
+    onehot = np.zeros((r_runs, t_steps, k))
+    valid = sampled >= 0
+    rr, tt = np.nonzero(valid)
+    onehot[rr, tt, sampled[valid]] = 1.0
+    before = np.cumsum(onehot, axis=1)[:, :-1, :]  # c_{<t} for t = 2..T
+    positions = np.arange(1, t_steps)[None, :, None]
+    residual = p_task[None, None, :] - before / positions
+    deviation = ptok[:, 1:, :] - p_task[None, None, :]
+    for r in range(r_runs):
+        x, y = residual[r].ravel(), deviation[r].ravel()
+        ok = ~np.isnan(y) & (sampled[r, 1:, None] != PAD).repeat(k, axis=1).ravel()
+        x, y = x[ok], y[ok]
+        if len(x) > 2 and x.std() > 0 and y.std() > 0:
+            out[r] = float(np.corrcoef(x, y)[0, 1])
+    return out
+
+
+def chi2_p(pooled_counts: np.ndarray, p_task: np.ndarray) -> float:
+    """Chi-square goodness-of-fit p-value of pooled counts against P_task (NaN without samples).
+
+    Items with P_task = 0 are left out of the test; a count on such an item makes the fit impossible (p = 0).
+    """
+    pooled_counts = np.asarray(pooled_counts, dtype=float)
+    n = pooled_counts.sum()
+    if n == 0:
+        return float("nan")
+    support = np.asarray(p_task) > 0
+    if pooled_counts[~support].sum() > 0:
+        return 0.0
+    observed = pooled_counts[support]
+    expected = n * np.asarray(p_task)[support] / np.asarray(p_task)[support].sum()
+    if len(observed) < 2:
+        return 1.0
+    return float(stats.chisquare(observed, expected).pvalue)
+
+
+def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 2000,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over runs (NaN runs are left out)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    if len(values) == 1:
+        return (float(values[0]), float(values[0]))
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha)))

@@ -1,0 +1,93 @@
+"""Profiling: turn a config into runs, stream the backend's steps into the run directory, summarise."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from deval import __version__
+from deval.backend import Backend, Filters, RunSpec, Step, run_seed
+from deval.store import RunDir
+from deval.summary import summarise_task, verdict
+from deval.tasks import Task, task_from_dict
+
+SCHEMA = "deval.profile/1"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Everything that determines a profile run; stored in the manifest so a run can resume or re-render."""
+
+    backend: str
+    model: str
+    tasks: tuple[Task, ...]
+    runs: int = 10
+    steps: int | None = None  # None: each task's own step count
+    temperature: float = 1.0
+    seed: int = 0
+    mode: str | None = None  # None: each task's own mode
+    filters: Filters = field(default_factory=Filters)
+    backend_options: tuple[tuple[str, object], ...] = ()
+
+    def run_specs(self, task: Task) -> list[RunSpec]:
+        mode = self.mode or task.mode
+        steps = self.steps or task.steps
+        return [RunSpec(task=task, run=r, seed=run_seed(self.seed, task.name, r), mode=mode, steps=steps,
+                        temperature=self.temperature, filters=self.filters) for r in range(self.runs)]
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend, "model": self.model, "tasks": [t.to_dict() for t in self.tasks],
+            "runs": self.runs, "steps": self.steps, "temperature": self.temperature, "seed": self.seed,
+            "mode": self.mode, "filters": self.filters.to_dict(), "backend_options": dict(self.backend_options),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProfileConfig":
+        return cls(backend=d["backend"], model=d["model"],
+                   tasks=tuple(task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
+                               for t in d["tasks"]),
+                   runs=d["runs"], steps=d["steps"], temperature=d["temperature"], seed=d["seed"], mode=d["mode"],
+                   filters=Filters(**d["filters"]), backend_options=tuple(d.get("backend_options", {}).items()))
+
+
+def manifest(config: ProfileConfig, backend: Backend) -> dict:
+    return {
+        "schema": "deval.manifest/1",
+        "config": config.to_dict(),
+        "backend": backend.describe(),
+        "versions": {"deval": __version__, "python": platform.python_version(), "numpy": np.__version__},
+        "filter_order": config.filters.order,
+    }
+
+
+def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
+                on_step: Callable[[Step], None] = lambda step: None) -> dict:
+    """Measure every run not yet in run_dir, appending steps as they arrive, then write the summary."""
+    done = {(s.task, s.run) for s in run_dir.completed_steps()}
+    pending = [spec for task in config.tasks for spec in config.run_specs(task) if (task.name, spec.run) not in done]
+    try:
+        if pending:
+            for step in backend.measure(pending):
+                run_dir.append(step)
+                on_step(step)
+    finally:
+        run_dir.close()
+    summary = summarise(config, run_dir.completed_steps())
+    run_dir.write_summary(summary)
+    return summary
+
+
+def summarise(config: ProfileConfig, steps: list[Step]) -> dict:
+    by_task: dict[str, list[Step]] = {t.name: [] for t in config.tasks}
+    for s in steps:
+        by_task.setdefault(s.task, []).append(s)
+    tasks = {t.name: summarise_task(t, by_task[t.name], config.seed) for t in config.tasks if by_task[t.name]}
+    return {
+        "schema": SCHEMA, "backend": config.backend, "model": config.model, "temperature": config.temperature,
+        "runs": config.runs, "seed": config.seed, "mode": config.mode, "filters": config.filters.to_dict(),
+        "tasks": tasks, "verdict": verdict(tasks, config.temperature),
+    }

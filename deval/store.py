@@ -1,0 +1,141 @@
+"""Run directories: manifest.json, steps.jsonl (appended and flushed as steps arrive), summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from deval.backend import Step
+from deval.errors import ConfigError
+
+MANIFEST, STEPS, SUMMARY = "manifest.json", "steps.jsonl", "summary.json"
+
+
+def _json_default(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def clean(value):
+    """JSON-safe copy: NaN and infinities become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps(data: dict, indent: int | None = 2) -> str:
+    return json.dumps(clean(data), indent=indent, allow_nan=False)
+
+
+def dump_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dumps(data) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found; is this a deval run directory?") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read ({exc}); the run directory is damaged") from None
+
+
+class RunDir:
+    """One run directory. Steps are appended one JSON line each and flushed, so a crash loses nothing written."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._steps_file = None
+
+    @classmethod
+    def create(cls, path: Path, manifest: dict) -> "RunDir":
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise ConfigError(f"{path} already holds a run; pass --resume {path} to finish it, or choose a new --out")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create run directory {path} ({exc.strerror}); choose another --out") from None
+        run_dir = cls(path)
+        dump_json(path / MANIFEST, manifest)
+        (path / STEPS).touch()
+        return run_dir
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"run directory {path} not found; pass the --out directory of an earlier run")
+        run_dir = cls(path)
+        run_dir.manifest()  # fails clearly if missing or damaged
+        return run_dir
+
+    def manifest(self) -> dict:
+        return read_json(self.path / MANIFEST)
+
+    def summary(self) -> dict:
+        return read_json(self.path / SUMMARY)
+
+    def has_summary(self) -> bool:
+        return (self.path / SUMMARY).exists()
+
+    def write_summary(self, summary: dict) -> None:
+        dump_json(self.path / SUMMARY, summary)
+
+    def steps(self) -> list[Step]:
+        """Every complete step line; a torn last line (crash mid-write) is ignored."""
+        path = self.path / STEPS
+        if not path.exists():
+            return []
+        steps = []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                steps.append(Step.from_record(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if n == len(lines) - 1:
+                    break
+                raise ConfigError(f"{path}: line {n + 1} is damaged; delete that line and --resume") from None
+        return steps
+
+    def completed_steps(self) -> list[Step]:
+        """Steps of runs that finished; rewrites steps.jsonl without partial runs so a resume can redo them."""
+        steps = self.steps()
+        done = {(s.task, s.run) for s in steps if s.final}
+        kept = [s for s in steps if (s.task, s.run) in done]
+        if len(kept) != len(steps) or self._has_torn_line():
+            tmp = self.path / (STEPS + ".tmp")
+            with tmp.open("w", encoding="utf-8") as fh:
+                for s in kept:
+                    fh.write(json.dumps(s.to_record(), default=_json_default) + "\n")
+            os.replace(tmp, self.path / STEPS)
+        return kept
+
+    def _has_torn_line(self) -> bool:
+        data = (self.path / STEPS).read_bytes()
+        return bool(data) and not data.endswith(b"\n")
+
+    def append(self, step: Step) -> None:
+        if self._steps_file is None:
+            self._steps_file = (self.path / STEPS).open("a", encoding="utf-8")
+        self._steps_file.write(json.dumps(step.to_record(), default=_json_default) + "\n")
+        self._steps_file.flush()
+
+    def close(self) -> None:
+        if self._steps_file is not None:
+            self._steps_file.close()
+            self._steps_file = None

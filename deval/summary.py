@@ -1,0 +1,123 @@
+"""From measured steps to the summary: per-task metrics with intervals, and the D/E verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deval import metrics
+from deval.backend import Step
+from deval.tasks import Task
+
+# Our reconstruction of the paper's verdict (see README): thresholds are options, named here.
+D_THRESHOLD = 0.5  # normalised extremity at or above which a model is a D-model
+MIN_ON_SET_MASS = 0.5  # below this mean on-set mass the model does not follow the task format
+VERDICT_TASK = "flat"  # the paper classifies on the flat task at temperature 1
+
+
+@dataclass(frozen=True)
+class TaskArrays:
+    """Steps of one task as padded arrays: probs [R, T, K], sampled [R, T], tail [R, T]."""
+
+    probs: np.ndarray
+    sampled: np.ndarray
+    tail: np.ndarray
+    flags: tuple[str, ...]
+
+    @classmethod
+    def from_steps(cls, task: Task, steps: list[Step]) -> "TaskArrays":
+        k = len(task.items)
+        runs = sorted({s.run for s in steps})
+        index = {r: i for i, r in enumerate(runs)}
+        t_max = max((s.step for s in steps), default=-1) + 1
+        probs = np.full((len(runs), t_max, k), np.nan)
+        sampled = np.full((len(runs), t_max), metrics.PAD, dtype=int)
+        tail = np.zeros((len(runs), t_max))
+        flags: set[str] = set()
+        for s in steps:
+            i = index[s.run]
+            probs[i, s.step] = s.probs
+            sampled[i, s.step] = metrics.INVALID if s.sampled is None else s.sampled
+            tail[i, s.step] = s.tail
+            flags.update(s.flags)
+        return cls(probs=probs, sampled=sampled, tail=tail, flags=tuple(sorted(flags)))
+
+
+def _stat(per_run: np.ndarray, rng: np.random.Generator) -> dict:
+    values = np.asarray(per_run, dtype=float)
+    mean = float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
+    lo, hi = metrics.bootstrap_ci(values, rng)
+    return {"mean": mean, "ci": [lo, hi]}
+
+
+def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
+    """Every per-task number of the report; means carry a seeded 95% bootstrap interval over runs."""
+    arrays = TaskArrays.from_steps(task, steps)
+    p_task = task.p_task
+    rng = np.random.default_rng(seed)
+    ptok = metrics.p_token(arrays.probs)
+    e_t = np.max(np.where(np.isnan(ptok), -np.inf, ptok), axis=-1)
+    e_t = np.where(np.isinf(e_t), np.nan, e_t)
+    tv_t = metrics.tv(ptok, p_task)
+    run_counts = metrics.counts(arrays.sampled, len(task.items))
+    pooled = run_counts.sum(axis=0)
+    e_runs = metrics.run_means(e_t)
+    summary = {
+        "e_score": _stat(e_runs, rng),
+        "atvd": _stat(metrics.run_means(tv_t), rng),
+        "result_tvd": _stat(metrics.result_tvd(run_counts, p_task), rng),
+        "on_set_mass": _stat(metrics.run_means(metrics.on_set_mass(arrays.probs)), rng),
+        "volatility": _stat(metrics.run_means(metrics.volatility(ptok)), rng),
+        "quota_r": _stat(metrics.quota_r(ptok, arrays.sampled, p_task), rng),
+        "entropy": _stat(metrics.run_means(metrics.entropy(ptok)), rng),
+        "extremity": _stat(metrics.extremity(e_runs, p_task), rng),
+        "invalid_rate": metrics.invalid_rate(arrays.sampled),
+        "chi2_p": metrics.chi2_p(pooled, p_task),
+        "pooled_result_tvd": float(metrics.result_tvd(pooled[None, :], p_task)[0]),
+        "counts": {x: int(c) for x, c in zip(task.items, pooled)},
+        "p_task": {x: w for x, w in zip(task.items, task.weights)},
+        "mean_p_token": {x: float(v) for x, v in zip(task.items, np.nanmean(ptok, axis=(0, 1)))},
+        "runs": int(arrays.probs.shape[0]),
+        "positions": int(np.sum(arrays.sampled != metrics.PAD)),
+        "tail_mass": _stat(metrics.run_means(np.where(arrays.sampled == metrics.PAD, np.nan, arrays.tail)), rng),
+        "flags": list(arrays.flags),
+    }
+    return summary
+
+
+def verdict(task_summaries: dict[str, dict], temperature: float,
+            d_threshold: float = D_THRESHOLD, min_on_set: float = MIN_ON_SET_MASS) -> dict:
+    """D, E or undetermined, with a one-line reason in plain words (our reconstruction of the paper's rule)."""
+    if not task_summaries:
+        return {"type": "undetermined", "extremity": None, "task": None, "reason": "no task was measured"}
+    name = VERDICT_TASK if VERDICT_TASK in task_summaries else next(iter(task_summaries))
+    s = task_summaries[name]
+    ext, (lo, hi) = s["extremity"]["mean"], s["extremity"]["ci"]
+    e_score, mass = s["e_score"]["mean"], s["on_set_mass"]["mean"]
+    top = max(s["p_task"].values())
+    where = f"on {name}" + ("" if temperature == 1.0 else f" at temperature {temperature:g} (the paper uses 1)")
+    if np.isnan(mass) or mass < min_on_set:
+        return {"type": "undetermined", "extremity": _f(ext), "task": name,
+                "reason": f"{where} only {mass:.0%} of the next-token mass falls on the task's items "
+                          f"(needs {min_on_set:.0%}): the model does not follow the task format"}
+    if np.isnan(ext):
+        return {"type": "undetermined", "extremity": None, "task": name, "reason": f"{where} no step was measured"}
+    steps_say = (f"{where} each step puts on average {e_score:.0%} of its item mass on one item "
+                 f"(P_task's largest is {top:.0%}); extremity {ext:.2f} [{lo:.2f}, {hi:.2f}]")
+    if lo < d_threshold <= hi:
+        return {"type": "undetermined", "extremity": _f(ext), "task": name,
+                "reason": f"{steps_say} straddles the threshold {d_threshold}"}
+    rtvd = s["pooled_result_tvd"]
+    if ext >= d_threshold:
+        aggregate = ("yet the pooled output still matches P_task" if rtvd < 0.15 else
+                     "and the pooled output is off P_task too")
+        return {"type": "D", "extremity": _f(ext), "task": name,
+                "reason": f"{steps_say} >= {d_threshold}: nearly one-hot steps, {aggregate} "
+                          f"(result TVD {rtvd:.2f})"}
+    return {"type": "E", "extremity": _f(ext), "task": name,
+            "reason": f"{steps_say} < {d_threshold}: stable steps close to P_task (ATVD {s['atvd']['mean']:.2f})"}
+
+
+def _f(x: float) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)

@@ -1,0 +1,164 @@
+"""Task definitions: a target distribution P_task over items, loaded and validated from TOML files."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deval.errors import ConfigError
+
+MODES = ("sequence", "independent")
+WEIGHT_TOLERANCE = 1e-6
+PLACEHOLDERS = ("items", "distribution", "steps")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A target distribution over items and the prompt that asks a model to sample from it."""
+
+    name: str
+    description: str
+    items: tuple[str, ...]
+    weights: tuple[float, ...]
+    prompt: str
+    single_prompt: str
+    mode: str = "sequence"
+    steps: int = 30
+    separator: str = ","
+    source: str = ""
+
+    @property
+    def p_task(self) -> np.ndarray:
+        return np.asarray(self.weights, dtype=float)
+
+    def render_prompt(self, mode: str, steps: int) -> str:
+        """The prompt for one run: a sequence of `steps` items, or one item in independent mode."""
+        template = self.prompt if mode == "sequence" else self.single_prompt
+        return template.format(
+            items=", ".join(self.items),
+            distribution=", ".join(f"{x}: {w:.0%}" if w * 100 == round(w * 100) else f"{x}: {w:.3g}"
+                                   for x, w in zip(self.items, self.weights)),
+            steps=steps,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "description": self.description, "items": list(self.items),
+            "weights": list(self.weights), "prompt": self.prompt, "single_prompt": self.single_prompt,
+            "mode": self.mode, "steps": self.steps, "separator": self.separator, "source": self.source,
+        }
+
+
+def builtin_tasks_dir() -> Path:
+    """The shipped tasks: inside the installed wheel, or at the top of a source checkout."""
+    return _data_dir("tasks")
+
+
+def _data_dir(name: str) -> Path:
+    here = Path(__file__).resolve().parent
+    installed = here / "_data" / name
+    return installed if installed.is_dir() else here.parent / name
+
+
+def task_from_dict(data: dict, source: str) -> Task:
+    """Validate one task's fields; every error names the file, the field and the fix."""
+
+    def fail(fieldname: str, fix: str) -> ConfigError:
+        return ConfigError(f"{source}: field '{fieldname}': {fix}")
+
+    known = {"name", "description", "items", "weights", "prompt", "single_prompt", "mode", "steps", "separator"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise fail(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(known))}")
+    for required in ("name", "items", "weights", "prompt"):
+        if required not in data:
+            raise fail(required, "missing; add it")
+    name = data["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise fail("name", "must be a non-empty string")
+    items = data["items"]
+    if not isinstance(items, list) or not items:
+        raise fail("items", "must be a non-empty list of strings")
+    if not all(isinstance(x, str) and x.strip() for x in items):
+        raise fail("items", "every item must be a non-empty string")
+    items = [x.strip() for x in items]
+    if len(set(items)) != len(items):
+        raise fail("items", "items must be distinct")
+    weights = data["weights"]
+    if not isinstance(weights, list) or len(weights) != len(items):
+        raise fail("weights", f"must be a list of {len(items)} numbers, one per item")
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        raise fail("weights", "every weight must be a number")
+    if any(w < 0 for w in weights):
+        raise fail("weights", "weights must be >= 0")
+    total = float(sum(weights))
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise fail("weights", f"must sum to 1 (they sum to {total:.6g})")
+    mode = data.get("mode", "sequence")
+    if mode not in MODES:
+        raise fail("mode", f"must be one of {', '.join(MODES)}")
+    steps = data.get("steps", 30)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise fail("steps", "must be an integer >= 1")
+    separator = data.get("separator", ",")
+    if not isinstance(separator, str) or not separator.strip():
+        raise fail("separator", "must be a non-blank string such as ','")
+    prompt = _check_template(data["prompt"], "prompt", fail)
+    single = data.get("single_prompt",
+                      "Pick one item from {items} at random with these probabilities: {distribution}. "
+                      "Answer with the item only.")
+    single = _check_template(single, "single_prompt", fail)
+    return Task(name=name.strip(), description=str(data.get("description", "")), items=tuple(items),
+                weights=tuple(float(w) for w in weights), prompt=prompt, single_prompt=single, mode=mode,
+                steps=steps, separator=separator, source=source)
+
+
+def _check_template(template, fieldname: str, fail) -> str:
+    if not isinstance(template, str) or not template.strip():
+        raise fail(fieldname, "must be a non-empty string")
+    try:
+        template.format(**{p: "" for p in PLACEHOLDERS})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise fail(fieldname, f"bad placeholder {exc}; use only {{items}}, {{distribution}}, {{steps}}") from None
+    return template
+
+
+def load_task_file(path: Path) -> Task:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"task file {path} not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"task file {path} cannot be read ({exc}); check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    return task_from_dict(data, str(path))
+
+
+@dataclass
+class TaskCatalog:
+    """Every task found in the shipped directory and any user directories, by name."""
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, extra_dirs: list[Path] | None = None) -> "TaskCatalog":
+        catalog = cls()
+        for directory in [builtin_tasks_dir(), *(extra_dirs or [])]:
+            if not directory.is_dir():
+                raise ConfigError(f"tasks directory {directory} not found; pass an existing directory to --tasks-dir")
+            for path in sorted(directory.glob("*.toml")):
+                task = load_task_file(path)
+                catalog.tasks[task.name] = task
+        return catalog
+
+    def get(self, ref: str) -> Task:
+        """A task by name, or by path to a TOML file."""
+        if ref.endswith(".toml"):
+            return load_task_file(Path(ref))
+        if ref not in self.tasks:
+            raise ConfigError(f"unknown task '{ref}'; run 'deval tasks' to list them, or pass a .toml path")
+        return self.tasks[ref]
