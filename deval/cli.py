@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -98,9 +99,14 @@ def profile(
         if run_dir is None:
             name = Path(engine.model).stem if engine.model else config.backend
             path = out_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-            config = ProfileConfig(**{**config.__dict__, "model": engine.model})
+            config = replace(config, model=engine.model)
             run_dir = RunDir.create(path, manifest(config, engine))
-        summary = _run_with_progress(config, engine, run_dir, quiet=json_out)
+        try:
+            summary = _run_with_progress(config, engine, run_dir, quiet=json_out)
+        except KeyboardInterrupt:
+            err.print(f"interrupted: every finished step is in {run_dir.path}; "
+                      f"finish with: deval profile --resume {run_dir.path}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     finally:
         engine.close()
     if json_out:
@@ -165,7 +171,7 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted: every finished step is on disk; run 'deval profile --resume DIR' to finish")
+        err.print("interrupted")
         sys.exit(130)
 
 

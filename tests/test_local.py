@@ -145,3 +145,27 @@ def test_missing_llama_cpp_names_the_install_command(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('no llama', name='llama_cpp')\n")
     line = one_line_error(run_cli("profile", "--runs", "1", env={"PYTHONPATH": str(tmp_path)}))
     assert "pip install 'deval[local]'" in line
+
+
+def _gpu_build() -> bool:
+    try:
+        import llama_cpp
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    except ImportError:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_build(), reason="needs llama-cpp-python built with CUDA and a GPU")
+def test_full_offload_agrees_with_cpu(backend):
+    from deval.backends.local import LocalBackend
+    gpu = LocalBackend(gpu_layers=-1)
+    cpu = LocalBackend(gpu_layers=0)
+    try:
+        assert gpu.describe()["gpu_layers"] == -1
+        a = list(gpu.measure([spec(steps=3)]))
+        b = list(cpu.measure([spec(steps=3)]))
+        assert np.max(np.abs(np.array(a[0].probs) - np.array(b[0].probs))) < 0.05  # different kernels, same model
+    finally:
+        gpu.close()
+        cpu.close()
