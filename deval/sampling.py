@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from deval.backend import Filters
 
 
+def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    """log sum exp along an axis, stable, -inf for all -inf (a lean version of scipy's, for hot loops)."""
+    x = np.asarray(x, dtype=np.float64)
+    top = np.max(x, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Normalised log-probabilities along the last axis, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return x - logsumexp(x, keepdims=True)
+
+
 def with_temperature(logp: np.ndarray, temperature: float) -> np.ndarray:
     """log softmax(logp / T): exact for any set of tokens whose T=1 log-probabilities are known."""
-    scaled = np.asarray(logp, dtype=np.float64) / temperature
-    return scaled - logsumexp(scaled, axis=-1, keepdims=True)
+    return log_softmax(np.asarray(logp, dtype=np.float64) / temperature)
 
 
 def kept_mask(logp: np.ndarray, filters: Filters) -> np.ndarray:
@@ -47,6 +61,8 @@ def _renormalised(logp: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def sampling_logprobs(logp: np.ndarray, temperature: float, filters: Filters) -> np.ndarray:
     """Log-probabilities of the distribution a sampler draws from; -inf for filtered-out tokens."""
+    if not filters.active:
+        return with_temperature(logp, temperature)
     if filters.order == "temperature-first":
         tempered = with_temperature(logp, temperature)
         keep = kept_mask(tempered, filters)
@@ -62,6 +78,5 @@ def _restrict(logp: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def draw(logp: np.ndarray, rng: np.random.Generator) -> int:
     """One index drawn from exp(logp) with an explicit generator (inverse CDF, float64)."""
-    p = np.exp(logp - logsumexp(logp))
-    cdf = np.cumsum(p)
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(p) - 1))
+    cdf = np.cumsum(np.exp(logp - logsumexp(logp)))
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))

