@@ -9,9 +9,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-# Our reconstruction: an answer ends at a token whose bytes, stripped of whitespace, are empty (an end-of-turn or
-# other special token, a newline, a space) or a lone full stop or comma. Leading spaces before an answer are allowed.
-END_TEXTS = (b"", b".", b",")
+# Our reconstruction: an answer ends at a token with no text (an end-of-turn or other special token), a whitespace
+# token holding a newline, or a full stop or comma (optionally followed by whitespace). Leading spaces are allowed.
+END_TEXTS = (b".", b",")
 LEADS = (b"", b" ", b"  ")  # leading spaces a first token may carry
 CACHE_SIZE = 256  # next-token distributions kept in memory (float64 over the vocabulary: ~0.4 MB each for 49k)
 
@@ -52,6 +52,11 @@ class CachedModel:
         return value
 
 
+def ends_answer(text: bytes) -> bool:
+    """True for a token that can follow a complete answer and end it (see END_TEXTS)."""
+    return text == b"" or (not text.strip() and b"\n" in text) or text.rstrip() in END_TEXTS
+
+
 class Vocab:
     """Every token's bytes, sorted for prefix lookups, and which tokens can end an answer."""
 
@@ -61,7 +66,7 @@ class Vocab:
         order = sorted(range(self.n), key=lambda i: self.bytes[i])
         self._sorted = [self.bytes[i] for i in order]
         self._ids = np.array(order, dtype=np.int64)
-        self.ends = np.array([b.strip() in END_TEXTS for b in self.bytes])
+        self.ends = np.array([ends_answer(b) for b in self.bytes])
 
     def with_prefix(self, prefix: bytes) -> np.ndarray:
         """Ids of tokens whose bytes start with `prefix` (non-empty prefix)."""
@@ -121,7 +126,7 @@ class ValidityOracle:
                     extend[v.exactly(rest[:i])] = True
                 if rest:
                     for tok in v.with_prefix(rest):
-                        if len(v.bytes[tok]) > len(rest) and v.bytes[tok][len(rest):].strip() in END_TEXTS:
+                        if len(v.bytes[tok]) > len(rest) and ends_answer(v.bytes[tok][len(rest):]):
                             finish[int(tok)] = member
                 else:
                     for tok in np.flatnonzero(v.ends):
