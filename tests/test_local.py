@@ -1,0 +1,147 @@
+"""The local backend on the real embedded SmolLM2 GGUF (no mocks)."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import needs_model, one_line_error, run_cli
+from deval.backend import Filters, RunSpec, run_seed
+from deval.errors import ConfigError
+from deval.tasks import TaskCatalog
+
+pytestmark = [needs_model, pytest.mark.model]
+CATALOG = TaskCatalog.load()
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from deval.backends.local import LocalBackend
+    b = LocalBackend()
+    yield b
+    b.close()
+
+
+def spec(task="flat", run=0, steps=4, temperature=1.0, mode=None, filters=Filters()):
+    t = CATALOG.get(task)
+    return RunSpec(task=t, run=run, seed=run_seed(0, t.name, run), mode=mode or t.mode, steps=steps,
+                   temperature=temperature, filters=filters)
+
+
+def test_full_distribution_sums_to_one(backend):
+    logp = backend.next_logprobs(backend.prompt_tokens(spec().prompt))
+    assert logp.shape == (backend.n_vocab,) and logp.dtype == np.float64
+    assert np.exp(logp).sum() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_argmax_is_llama_cpps_greedy_token(backend):
+    from llama_cpp import Llama
+    tokens = backend.prompt_tokens(spec().prompt)
+    logp = backend.next_logprobs(tokens)
+    other = Llama(model_path=backend.model, n_ctx=512, verbose=False)
+    try:
+        other.eval(tokens)
+        greedy = other.sample(temp=0.0)
+    finally:
+        other.close()
+    assert int(np.argmax(logp)) == greedy
+
+
+def test_temperature_identity_on_item_probabilities(backend):
+    """Step-0 item probabilities at T equal the chain rule over softmax(log p / T) of the T=1 values."""
+    one_step = spec(steps=1)
+    context = tuple(backend.prompt_tokens(one_step.prompt))
+    root = backend.next_logprobs(context)
+    space = backend.tokenize(" ")[0]
+    after_space = backend.next_logprobs(context + (space,))
+    for temperature in (0.5, 1.0, 1.7):
+        def soft(logp):
+            z = logp / temperature
+            return np.exp(z - np.logaddexp.reduce(z))
+        q_root, q_space = soft(root), soft(after_space)
+        digits = [backend.tokenize(str(d))[0] for d in range(1, 10)]
+        expected = np.array([q_root[t] + q_root[space] * q_space[t] for t in digits])
+        step = next(iter(backend.measure([RunSpec(**{**one_step.__dict__, 'temperature': temperature})])))
+        assert np.max(np.abs(np.array(step.probs) - expected)) < 1e-9
+
+
+def test_multi_token_item_uses_the_chain_rule(backend):
+    task = spec("uniform-10", steps=1)
+    context = tuple(backend.prompt_tokens(task.prompt))
+    one, zero, space = backend.tokenize("1")[0], backend.tokenize("0")[0], backend.tokenize(" ")[0]
+    assert backend.tokenize("10") == [one, zero]  # digits are single tokens in SmolLM2
+    q = np.exp(backend.next_logprobs(context))
+    q1 = np.exp(backend.next_logprobs(context + (one,)))
+    qs = np.exp(backend.next_logprobs(context + (space,)))
+    qs1 = np.exp(backend.next_logprobs(context + (space, one)))
+    ten = q[one] * q1[zero] + q[space] * qs[one] * qs1[zero]
+    single_one = q[one] * (1 - q1[zero]) + q[space] * qs[one] * (1 - qs1[zero])
+    step = next(iter(backend.measure([task])))
+    assert step.probs[9] == pytest.approx(ten, abs=1e-12)
+    assert step.probs[0] == pytest.approx(single_one, abs=1e-12)
+    assert sum(step.probs) <= 1.0 + 1e-12
+
+
+def test_seeded_runs_are_bit_for_bit_reproducible(backend):
+    from deval.backends.local import LocalBackend
+    runs = [spec(run=r, steps=5) for r in range(2)]
+    first = list(backend.measure(runs))
+    list(backend.measure([spec("extreme", steps=3)]))  # other work in between must not matter
+    again = list(backend.measure(runs[::-1]))
+    fresh = LocalBackend()
+    try:
+        third = list(fresh.measure(runs))
+    finally:
+        fresh.close()
+    key = lambda s: (s.run, s.step)
+    assert sorted(first, key=key) == sorted(again, key=key) == sorted(third, key=key)
+
+
+def test_independent_mode_repeats_the_same_distribution(backend):
+    steps = list(backend.measure([spec(mode="independent", steps=4)]))
+    assert all(s.probs == steps[0].probs for s in steps)
+
+
+def test_top_k_filter_keeps_only_the_top_token(backend):
+    """With top-k 1 the sampler is greedy: item mass is 1 on the argmax item's path, or 0 if it is off-set."""
+    plain = next(iter(backend.measure([spec(steps=1)])))
+    greedy = next(iter(backend.measure([spec(steps=1, filters=Filters(top_k=1))])))
+    assert sorted(greedy.probs)[:-1] == [0.0] * (len(greedy.probs) - 1)
+    assert max(greedy.probs) in (0.0, 1.0)
+    if max(greedy.probs) == 1.0:
+        assert greedy.sampled == int(np.argmax(greedy.probs)) == int(np.argmax(plain.probs))
+    else:
+        assert greedy.sampled is None
+
+
+def test_profile_run_files_on_the_real_model(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("profile", "--task", "flat", "--runs", "2", "--steps", "4", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["backend"] == "local" and summary["model"].endswith(".gguf")
+    assert summary["verdict"]["type"] in ("D", "E", "undetermined") and summary["verdict"]["reason"]
+    assert json.loads((out / "summary.json").read_text()) == summary
+    records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(records) == 8
+    assert all(0.0 <= r["on_set_mass"] <= 1.0 + 1e-9 for r in records)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backend"]["n_vocab"] == 49152 and manifest["filter_order"] == "filters-first"
+
+
+def test_bad_model_files_give_one_line_errors(tmp_path):
+    assert "not found" in one_line_error(run_cli("profile", "--model", str(tmp_path / "none.gguf")))
+    assert "is a directory" in one_line_error(run_cli("profile", "--model", str(tmp_path)))
+    (tmp_path / "junk.gguf").write_bytes(b"not a model at all")
+    assert "not a GGUF" in one_line_error(run_cli("profile", "--model", str(tmp_path / "junk.gguf")))
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 32)
+    assert "could not load" in one_line_error(run_cli("profile", "--model", str(tmp_path / "cut.gguf")))
+
+
+def test_missing_llama_cpp_names_the_install_command(tmp_path):
+    fake = tmp_path / "llama_cpp"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('no llama', name='llama_cpp')\n")
+    line = one_line_error(run_cli("profile", "--runs", "1", env={"PYTHONPATH": str(tmp_path)}))
+    assert "pip install 'deval[local]'" in line
