@@ -88,6 +88,8 @@ def run_sweep(config: SweepConfig, backend: Backend, path: Path,
               on_step: Callable[[float, Step], None] = lambda t, step: None) -> dict:
     """Profile every temperature into its own run directory under `path` (resuming any started), then summarise."""
     path = Path(path)
+    if not (path / MANIFEST).exists():
+        create_sweep_dir(path, config, backend)
     per_temperature: dict[float, tuple[dict, list[Step]]] = {}
     for t in config.temperatures:
         sub = path / temperature_dir(t)
