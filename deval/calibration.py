@@ -8,7 +8,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from deval.backend import Filters
-from deval.exact import CachedModel, ExactModel, ValidityOracle, Vocab
+from deval.exact import CachedModel, ExactModel, ValidityOracle, Vocab, max_answer_tokens
 from deval.sampling import draw, sampling_logprobs, with_temperature
 from deval.validsets import ValidSetTask
 
@@ -16,7 +16,6 @@ SCHEMA = "deval.calibration/1"
 DEFAULT_TOP_K = (1, 5, 20, 50)
 DEFAULT_TOP_P = (0.5, 0.9, 0.95)
 DEFAULT_MIN_P = (0.05, 0.1, 0.2)
-MAX_EXTRA_TOKENS = 6  # a sample may take this many tokens beyond the longest canonical member before it counts invalid
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ def calibrate(task: ValidSetTask, model: ExactModel, rules: list[Rule], samples:
         m = node_metrics(cached.next_logprobs(prompt + list(node.tokens)), valid, rules, temperature)
         records.append({"task": task.name, "tokens": list(node.tokens), "text": node.text, "kind": node.kind,
                         "depth": len(node.tokens), **m})
-    max_tokens = max(len(n.tokens) for n in nodes) + MAX_EXTRA_TOKENS
+    max_tokens = max_answer_tokens(task.members)
     sequences = {}
     for rule in rules:
         answers = [sample_answer(cached, oracle, prompt, rule, temperature, max_tokens, rng) for _ in range(samples)]

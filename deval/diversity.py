@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from deval.calibration import Rule, sample_answer
-from deval.exact import CachedModel, ExactModel, ValidityOracle, Vocab
+from deval.exact import CachedModel, ExactModel, ValidityOracle, Vocab, max_answer_tokens
 from deval.validsets import ValidSetTask
 
 SCHEMA = "deval.diversity/1"
@@ -74,7 +74,7 @@ def diversity(task: ValidSetTask, model: ExactModel, rule: Rule, samples: int, t
     oracle = ValidityOracle(task.members, vocab)
     cached = CachedModel(model)
     prompt = list(model.prompt_tokens(task.prompt))
-    max_tokens = max(len(model.tokenize(m)) for m in task.members) + 6
+    max_tokens = max_answer_tokens(task.members)
     answers = [sample_answer(cached, oracle, prompt, rule, temperature, max_tokens, rng) for _ in range(samples)]
     q, unexplored = member_probabilities(cached, oracle, prompt, rule, temperature, max_tokens)
     n = np.arange(1, samples + 1)

@@ -80,6 +80,11 @@ class Vocab:
         return self._ids[lo:hi]
 
 
+def max_answer_tokens(members: Sequence[str]) -> int:
+    """No valid answer takes more tokens than this: every token carries at least one byte."""
+    return max(len(m.encode("utf-8")) for m in members) + len(LEADS[-1]) + 1
+
+
 @dataclass(frozen=True)
 class Moves:
     """At one answer prefix: tokens that continue toward a member, and tokens that finish a member (-> which)."""
@@ -113,9 +118,10 @@ class ValidityOracle:
         extend = np.zeros(v.n, dtype=bool)
         finish: dict[int, str] = {}
         core = answer.lstrip(b" ")
-        leads = LEADS if not core else (b"",)  # before the answer starts, a token may carry leading spaces
+        # before the answer starts, tokens may carry leading spaces: at most len(LEADS[-1]) in all
+        leads = tuple(lead for lead in LEADS if len(answer) + len(lead) <= len(LEADS[-1])) if not core else (b"",)
         if not core:
-            for lead in LEADS[1:]:
+            for lead in leads[1:]:
                 extend[v.exactly(lead)] = True
         for member, m in self._encoded:
             if not m.startswith(core):

@@ -125,8 +125,8 @@ def render_diversity(summary: dict, console: Console | None = None, where: str |
     series = [Series(f"ideal uniform sampler K(1-(1-1/K)^n), K={summary['members']}",
                      tuple(next(iter(models.values()))["ideal"]), "·", "dim")]
     table = Table(show_header=True, header_style="bold")
-    for col in ("model", "valid rate", "P(valid) exact", "distinct valid", "expected at N", "ideal at N",
-                "unexplored mass"):
+    table.add_column("model", overflow="fold")
+    for col in ("valid", "P(valid)", "distinct", "expected", "ideal", "unexplored"):
         table.add_column(col, justify="right")
     for i, (label, d) in enumerate(models.items()):
         style, mark = STYLES[i % len(STYLES)], MARKS[i % len(MARKS)]
@@ -135,7 +135,9 @@ def render_diversity(summary: dict, console: Console | None = None, where: str |
         table.add_row(label, fmt(d["validity_rate"]), fmt(d["validity_probability"]), str(d["distinct_valid"]),
                       fmt(d["expected"][-1], 2), fmt(d["ideal"][-1], 2), fmt(d["unexplored_mass"], 4))
     chart = line_chart(series, x_label="samples drawn", y_label="distinct valid outputs")
-    note = Text("expected: sum over valid answers of 1-(1-q_x)^n with q_x the exact probability of answer x "
+    note = Text("valid: share of the N samples that spell a valid answer; P(valid): its exact probability; "
+                "distinct / expected / ideal: distinct valid answers after N samples. "
+                "expected: sum over valid answers of 1-(1-q_x)^n with q_x the exact probability of answer x "
                 "(every tokenisation, pruned below the unexplored mass); it never exceeds the ideal curve. "
                 "observed: one draw of N samples, which can sit above its expectation by chance.", style="dim")
     console.print(Panel(Group(chart, table, note), title="distinct valid outputs vs samples drawn", title_align="left"))

@@ -142,3 +142,15 @@ def test_diversity_on_the_fake():
     assert len(out["observed"]) == 30 and out["observed"] == sorted(out["observed"])
     assert all(e <= i + 1e-9 for e, i in zip(out["expected"], out["ideal"]))
     assert out["distinct_valid"] == out["observed"][-1]
+
+
+def test_oracle_samples_are_always_valid_even_with_many_tokenisations():
+    model = FakeExact(favourite=b" ", sharpness=4.0)  # loves leading spaces
+    oracle = ValidityOracle(Task.members, Vocab(model))
+    assert not oracle.moves(b"  ").extend[VOCAB.index(b" ")]  # at most two leading spaces
+    from deval.calibration import sample_answer
+    from deval.exact import max_answer_tokens
+    cached, rng = CachedModel(model), np.random.default_rng(0)
+    answers = [sample_answer(cached, oracle, model.prompt_tokens(""), Rule("oracle", oracle=True), 1.0,
+                             max_answer_tokens(Task.members), rng) for _ in range(200)]
+    assert None not in answers
