@@ -66,6 +66,9 @@ class Step:
     lies in [probs[i], probs[i] + tail] (and the tail's total is shared), `missing` lists items absent from
     the visible top-k. An exact backend reports tail 0.
     `sampled` is the index of the item the model produced, or None when it produced something off the set.
+    `item_logprobs`, where a backend can give it, holds per item the T=1 log-probabilities (no filters) of the
+    single tokens that spell it at this step; from these P_token at any temperature follows exactly
+    (deval.sweep). None where unknown or where some spelling takes more than one token.
     """
 
     task: str
@@ -78,20 +81,26 @@ class Step:
     tail: float = 0.0
     missing: tuple[int, ...] = ()
     flags: tuple[str, ...] = ()
+    item_logprobs: tuple[tuple[float, ...], ...] | None = None
 
     def to_record(self) -> dict:
-        return {
+        record = {
             "task": self.task, "run": self.run, "step": self.step, "probs": list(self.probs),
             "on_set_mass": float(sum(self.probs)), "sampled": self.sampled, "text": self.text,
             "final": self.final, "tail": self.tail, "missing": list(self.missing), "flags": list(self.flags),
         }
+        if self.item_logprobs is not None:
+            record["item_logprobs"] = [list(x) for x in self.item_logprobs]
+        return record
 
     @classmethod
     def from_record(cls, r: dict) -> "Step":
         return cls(task=r["task"], run=int(r["run"]), step=int(r["step"]), probs=tuple(r["probs"]),
                    sampled=r["sampled"], text=r.get("text", ""), final=bool(r.get("final", False)),
                    tail=float(r.get("tail", 0.0)), missing=tuple(r.get("missing", ())),
-                   flags=tuple(r.get("flags", ())))
+                   flags=tuple(r.get("flags", ())),
+                   item_logprobs=None if r.get("item_logprobs") is None
+                   else tuple(tuple(float(v) for v in x) for x in r["item_logprobs"]))
 
 
 class Backend(Protocol):

@@ -16,6 +16,8 @@ from rich.table import Table
 
 from deval import backends as registry
 from deval.backend import FILTER_ORDERS, Filters
+from deval.cli_dynamics import register as register_dynamics
+from deval.cli_dynamics import render_run
 from deval.errors import ConfigError, DevalError
 from deval.profile import ProfileConfig, manifest, run_profile
 from deval.report import render_profile
@@ -135,6 +137,8 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     if json_out:
         print(dumps(summary))
         return
+    if render_run(summary, rd.path, out):  # sweep, calibration or diversity run
+        return
     config = rd.manifest()["config"]
     tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
              for t in config["tasks"]}
@@ -162,6 +166,9 @@ def list_backends() -> None:
     for name, about in registry.DESCRIPTIONS.items():
         table.add_row(name, about)
     out.print(table)
+
+
+register_dynamics(app)
 
 
 def main() -> None:

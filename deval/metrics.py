@@ -30,6 +30,13 @@ def p_token(probs: np.ndarray) -> np.ndarray:
         return np.where(mass > 0, probs / np.where(mass > 0, mass, 1.0), np.nan)
 
 
+def kept_coverage(probs: np.ndarray, p_task: np.ndarray) -> np.ndarray:
+    """P_task mass of the items a decoding filter kept (p_t(x) > 0) at each step; NaN at padded steps."""
+    probs = np.asarray(probs, dtype=float)
+    covered = (np.nan_to_num(probs, nan=0.0) > 0) @ np.asarray(p_task, dtype=float)
+    return np.where(np.isnan(probs).all(axis=-1), np.nan, covered)
+
+
 def entropy(p: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats along the last axis (0 log 0 = 0)."""
     p = np.asarray(p, dtype=float)

@@ -70,7 +70,7 @@ def heat_strip(task: Task, steps: list[Step], run: int | None = None) -> Table:
     return table
 
 
-def task_panel(task: Task, s: dict, steps: list[Step] | None) -> Panel:
+def task_panel(task: Task, s: dict, steps: list[Step] | None, filtered: bool = False) -> Panel:
     table = Table(show_header=True, header_style="bold", expand=False)
     table.add_column("metric")
     table.add_column("mean", justify="right")
@@ -85,6 +85,10 @@ def task_panel(task: Task, s: dict, steps: list[Step] | None) -> Panel:
         lo, hi = stat["ci"]
         table.add_row(label, fmt(stat["mean"]), f"[{fmt(lo)}, {fmt(hi)}]",
                       fmt(refs.get(ref, ref)) if ref is not None else "")
+    if filtered and "kept_coverage" in s:
+        lo, hi = s["kept_coverage"]["ci"]
+        table.add_row("P_task covered by the kept set", fmt(s["kept_coverage"]["mean"]), f"[{fmt(lo)}, {fmt(hi)}]",
+                      "1.000")
     table.add_row("invalid rate", fmt(s["invalid_rate"]), "", "0.000")
     table.add_row("chi-square p (pooled counts)", fmt(s["chi2_p"], 4), "", "")
     body: list = [table]
@@ -124,7 +128,7 @@ def render_profile(summary: dict, tasks: dict[str, Task], steps: list[Step] | No
     console.print(Text.from_markup(head))
     for name, s in summary["tasks"].items():
         task_steps = [st for st in (steps or []) if st.task == name]
-        console.print(task_panel(tasks[name], s, task_steps))
+        console.print(task_panel(tasks[name], s, task_steps, filtered=bool(active)))
     v = summary["verdict"]
     console.print(Panel(Text(v["reason"]), title=f"verdict: [{VERDICT_STYLE[v['type']]}]{v['type']}[/]",
                         title_align="left"))

@@ -80,6 +80,7 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
         "mean_p_token": {x: float(v) for x, v in zip(task.items, np.nanmean(ptok, axis=(0, 1)))},
         "runs": int(arrays.probs.shape[0]),
         "positions": int(np.sum(arrays.sampled != metrics.PAD)),
+        "kept_coverage": _stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), rng),
         "tail_mass": _stat(metrics.run_means(np.where(arrays.sampled == metrics.PAD, np.nan, arrays.tail)), rng),
         "flags": list(arrays.flags),
     }

@@ -80,6 +80,16 @@ class ItemTrie:
         return best
 
 
+def item_logprobs(trie: ItemTrie, row: np.ndarray, n_items: int) -> tuple[tuple[float, ...], ...] | None:
+    """Per item, the T=1 log-probabilities of its one-token spellings (for deval.sweep); None if any is longer."""
+    out: list[list[float]] = [[] for _ in range(n_items)]
+    for node, item in trie.ends.items():
+        if len(node) != 1 or node in trie.children:
+            return None
+        out[item].append(float(row[node[0]]))
+    return tuple(tuple(x) for x in out)
+
+
 class LocalBackend:
     """A GGUF model in-process. `model` None means the embedded SmolLM2-135M-Instruct (Q4_1)."""
 
@@ -282,7 +292,7 @@ class LocalBackend:
             path, item = self._sample_item(trie, dists, rng)
             text = b"".join(self._pieces[tok] for tok in path).decode("utf-8", "replace")
             yield Step(task=task.name, run=spec.run, step=t, probs=tuple(probs.tolist()), sampled=item,
-                       text=text, final=t == spec.steps - 1)
+                       text=text, final=t == spec.steps - 1, item_logprobs=item_logprobs(trie, rows[0], len(task.items)))
             if spec.mode == "sequence":
                 # an off-set draw is recorded as invalid; the separator is written in its place, so every run
                 # has `steps` positions and the model keeps its own earlier items in view

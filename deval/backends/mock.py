@@ -55,12 +55,13 @@ class MockBackend:
             on_set = self._item_probs(p_task, plan[t] if plan is not None else None, rng)
             vocab = np.append(on_set * (1.0 - OTHER_MASS[self.model]), OTHER_MASS[self.model])
             with np.errstate(divide="ignore"):
-                logp = sampling_logprobs(np.log(vocab), spec.temperature, spec.filters)
+                logp1 = np.log(vocab)
+                logp = sampling_logprobs(logp1, spec.temperature, spec.filters)
             choice = draw(logp, rng)
             sampled = choice if choice < k else None
             yield Step(task=spec.task.name, run=spec.run, step=t, probs=tuple(np.exp(logp[:k]).tolist()),
                        sampled=sampled, text=spec.task.items[choice] if sampled is not None else "<other>",
-                       final=t == spec.steps - 1)
+                       final=t == spec.steps - 1, item_logprobs=tuple((float(v),) for v in logp1[:k]))
 
     def _item_probs(self, p_task: np.ndarray, planned: int | None, rng: np.random.Generator) -> np.ndarray:
         k = len(p_task)

@@ -1,0 +1,92 @@
+"""Valid-set tasks: an exactly known set of valid answers (no P_task), loaded from tasks/valid/*.toml."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from deval.errors import ConfigError
+from deval.tasks import builtin_tasks_dir
+
+KIND = "valid-set"
+FIELDS = {"name", "kind", "description", "members", "prompt"}
+
+
+@dataclass(frozen=True)
+class ValidSetTask:
+    """A prompt asking for one answer and the exact set of valid answers."""
+
+    name: str
+    description: str
+    members: tuple[str, ...]
+    prompt: str
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": KIND, "description": self.description, "members": list(self.members),
+                "prompt": self.prompt, "source": self.source}
+
+
+def valid_set_from_dict(data: dict, source: str) -> ValidSetTask:
+    """Validate one valid-set task; every error names the file, the field and the fix."""
+
+    def fail(fieldname: str, fix: str) -> ConfigError:
+        return ConfigError(f"{source}: field '{fieldname}': {fix}")
+
+    unknown = sorted(set(data) - FIELDS - {"source"})
+    if unknown:
+        raise fail(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(FIELDS))}")
+    for required in ("name", "kind", "members", "prompt"):
+        if required not in data:
+            raise fail(required, "missing; add it" + (f' (kind = "{KIND}")' if required == "kind" else ""))
+    if data["kind"] != KIND:
+        raise fail("kind", f"must be \"{KIND}\" (tasks with weights live in tasks/*.toml)")
+    name = data["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise fail("name", "must be a non-empty string")
+    members = data["members"]
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise fail("members", "must be a non-empty list of strings")
+    for m in members:
+        if not m or m != m.strip():
+            raise fail("members", f"member '{m}' is empty or has leading/trailing spaces; remove them")
+    if len(set(members)) != len(members):
+        dup = next(m for m in members if members.count(m) > 1)
+        raise fail("members", f"'{dup}' appears twice; members must be distinct")
+    prompt = data["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise fail("prompt", "must be a non-empty string")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise fail("description", "must be a string")
+    return ValidSetTask(name=name.strip(), description=description, members=tuple(members), prompt=prompt,
+                        source=source)
+
+
+def load_valid_set_file(path: Path) -> ValidSetTask:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"valid-set file {path} not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"valid-set file {path} cannot be read ({exc}); check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    return valid_set_from_dict(data, str(path))
+
+
+def builtin_valid_sets() -> dict[str, ValidSetTask]:
+    directory = builtin_tasks_dir() / "valid"
+    tasks = [load_valid_set_file(p) for p in sorted(directory.glob("*.toml"))] if directory.is_dir() else []
+    return {t.name: t for t in tasks}
+
+
+def get_valid_set(ref: str) -> ValidSetTask:
+    """A shipped valid-set task by name, or one from a .toml path."""
+    if ref.endswith(".toml"):
+        return load_valid_set_file(Path(ref))
+    known = builtin_valid_sets()
+    if ref not in known:
+        raise ConfigError(f"unknown valid-set task '{ref}'; choose one of {', '.join(known)} or pass a .toml path")
+    return known[ref]

@@ -1,0 +1,78 @@
+"""The calibration and diversity commands on the fake exact model; their run files re-render with 'report'."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from deval import backends as registry
+from deval.cli import app
+from deval.errors import ConfigError
+from exact_fakes import FakeExact
+
+runner = CliRunner()
+
+
+class FakeBackend(FakeExact):
+    name = "fake"
+    exact = True
+    OPTIONS = ()
+
+    def __init__(self, model=None, **options):
+        super().__init__(favourite=b"a" if model in (None, "a") else b"e")
+        self.model = model or "a"
+
+    def describe(self):
+        return {"name": "fake", "model": self.model}
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "backend_class", lambda name: FakeBackend)
+    monkeypatch.setattr(registry, "create", lambda name, model, **o: FakeBackend(model))
+    task = tmp_path / "fake.toml"
+    task.write_text('name = "fake"\nkind = "valid-set"\nmembers = ["a", "ae", "o", "11", "13"]\nprompt = "pick"\n')
+    return task
+
+
+def test_calibration_command_and_report(fake, tmp_path):
+    out = tmp_path / "cal"
+    r = runner.invoke(app, ["calibration", "--task", str(fake), "--samples", "20", "--top-ks", "1,3",
+                            "--top-ps", "0.9", "--min-ps", "0.1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema"] == "deval.calibration/1"
+    assert summary["tasks"]["fake"]["steps"]["all"]["rules"]["oracle"] == {"precision": 1.0, "recall": 1.0}
+    nodes = [json.loads(line) for line in (out / "nodes.jsonl").read_text().splitlines()]
+    assert len(nodes) == summary["tasks"]["fake"]["nodes"]
+    again = runner.invoke(app, ["report", str(out)])
+    assert again.exit_code == 0 and "cutoff rules: per step" in again.output and "top-k 3" in again.output
+
+
+def test_diversity_command_compare_and_report(fake, tmp_path):
+    out = tmp_path / "div"
+    r = runner.invoke(app, ["diversity", "--task", str(fake), "--samples", "25", "--model", "a", "--compare", "e",
+                            "--top-k", "5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema"] == "deval.diversity/1" and set(summary["models"]) == {"a", "e"}
+    for d in summary["models"].values():
+        assert all(e <= i + 1e-9 for e, i in zip(d["expected"], d["ideal"]))
+    again = runner.invoke(app, ["report", str(out)])
+    assert again.exit_code == 0 and "ideal uniform sampler" in again.output
+
+
+def test_bad_input_is_a_config_error(fake):
+    for args in (["calibration", "--task", "nope"], ["calibration", "--task", str(fake), "--top-ps", "x"],
+                 ["diversity", "--task", str(fake), "--samples", "0"], ["calibration", "--task", str(fake),
+                                                                         "--filter-order", "random"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code != 0 and isinstance(r.exception, ConfigError), args
+
+
+def test_a_backend_without_exact_distributions_is_refused(tmp_path):
+    r = runner.invoke(app, ["diversity", "--backend", "mock", "--model", "e", "--task", "vowels"])
+    assert isinstance(r.exception, ConfigError) and "exact" in str(r.exception)

@@ -1,0 +1,74 @@
+"""Sweep, calibration and diversity on the real embedded SmolLM2 (marked model; a few seconds each)."""
+
+import numpy as np
+import pytest
+
+from conftest import needs_model, run_cli
+from deval.backend import RunSpec, run_seed
+from deval.calibration import calibrate, rule_grid
+from deval.diversity import diversity
+from deval.calibration import Rule
+from deval.profile import ProfileConfig
+from deval.sweep import SweepConfig, run_sweep
+from deval.tasks import TaskCatalog
+from deval.validsets import get_valid_set
+
+pytestmark = [needs_model, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from deval.backends.local import LocalBackend
+    b = LocalBackend()
+    yield b
+    b.close()
+
+
+def test_item_logprobs_reproduce_the_measured_item_probabilities(backend):
+    task = TaskCatalog.load().get("colors")  # "red" and " red" are one token each in SmolLM2's vocabulary
+    spec = RunSpec(task=task, run=0, seed=run_seed(0, task.name, 0), mode=task.mode, steps=2)
+    for step in backend.measure([spec]):
+        assert step.item_logprobs is not None
+        np.testing.assert_allclose([np.exp(lp).sum() for lp in step.item_logprobs], step.probs, rtol=1e-9)
+    from deval.backends.local import item_logprobs
+    items = TaskCatalog.load().get("extreme").items  # " 2" is " " then "2": not derivable from one-token log-probs
+    assert item_logprobs(backend.item_trie(items), np.zeros(backend.n_vocab), len(items)) is None
+
+
+def test_sweep_end_to_end(backend, tmp_path):
+    tasks = (TaskCatalog.load().get("colors"),)
+    config = SweepConfig(ProfileConfig(backend="local", model=backend.model, tasks=tasks, runs=2, steps=2),
+                         (0.5, 1.0, 2.0))
+    summary = run_sweep(config, backend, tmp_path)
+    rows = summary["tasks"]["colors"]["rows"]
+    assert [r["temperature"] for r in rows] == [0.5, 1.0, 2.0]
+    # at T=1 the derived numbers re-read the very steps that were measured
+    t1 = rows[1]
+    assert t1["derived"]["e_score"]["mean"] == pytest.approx(t1["measured"]["e_score"]["mean"], abs=1e-9)
+    assert t1["derived"]["atvd"]["mean"] == pytest.approx(t1["measured"]["atvd"]["mean"], abs=1e-9)
+    derived_e = [r["derived"]["e_score"]["mean"] for r in rows]
+    assert derived_e[0] >= derived_e[1] >= derived_e[2]  # along one path, max P_token can only fall with T
+    proc = run_cli("report", str(tmp_path))
+    assert proc.returncode == 0 and "temperature sweep" in proc.stdout
+
+
+def test_calibration_table(backend):
+    rules = rule_grid(top_k=(1, 5, 50), top_p=(0.9,), min_p=(0.1,))
+    summary, records = calibrate(get_valid_set("vowels"), backend, rules, 8, 1.0, np.random.default_rng(0))
+    steps = summary["steps"]["all"]
+    assert steps["rules"]["oracle"] == {"precision": 1.0, "recall": 1.0}
+    assert summary["sequences"]["oracle"]["validity_rate"] == 1.0
+    others = [v for k, v in steps["rules"].items() if k != "oracle"]
+    assert all(0 <= v["precision"] <= 1 and 0 <= v["recall"] <= 1 for v in others)
+    assert any(v["precision"] < 1 or v["recall"] < 1 for v in others)  # real rules are not the oracle
+    assert steps["rules"]["none"]["recall"] == 1.0
+    assert 0 < steps["validity_mass"] < 1 and 0 < steps["auroc"] <= 1
+    assert len(records) == summary["nodes"] == 6  # the root and the five vowels
+
+
+def test_diversity_never_exceeds_the_ideal_curve(backend):
+    out = diversity(get_valid_set("primes-100"), backend, Rule("none"), 30, 1.0, np.random.default_rng(0))
+    assert all(e <= i + 1e-9 for e, i in zip(out["expected"], out["ideal"]))
+    n = np.arange(1, 31)
+    assert np.all(np.array(out["observed"]) <= np.minimum(n, 25))
+    assert 0 <= out["validity_probability"] <= 1 and out["unexplored_mass"] < 0.05
