@@ -181,8 +181,8 @@ class LocalBackend:
     def _evaluate(self, tokens: tuple[int, ...], lookahead: tuple[int, ...] = ()) -> list[np.ndarray]:
         """Log-softmax rows after `tokens` and after each prefix of tokens + lookahead (cached per prefix).
 
-        The cache keeps `tokens` in the KV cache afterwards; lookahead tokens are evaluated in the same batch
-        and then dropped, so they cost one decode rather than one each.
+        Lookahead tokens are evaluated in the same batch and stay in the KV cache: when the next step's item
+        starts with them (SmolLM2 writes " 7" as " " + "7"), they are not decoded again.
         """
         wanted = [tokens + lookahead[:i] for i in range(len(lookahead) + 1)]
         if all(w in self._rows for w in wanted):
@@ -199,7 +199,7 @@ class LocalBackend:
             common += 1
         new = full[common:]
         rows = self._decode(common, new, first_wanted=len(tokens) - 1 - common)
-        self._kv = full[: len(tokens)]
+        self._kv = full
         for w, row in zip(wanted, rows):
             self._rows[w] = row
             self._rows.move_to_end(w)
