@@ -15,7 +15,7 @@ from deval.backend import Backend, Step
 from deval.errors import ConfigError
 from deval.profile import ProfileConfig, manifest, run_profile
 from deval.store import MANIFEST, SUMMARY, RunDir, dump_json, read_json
-from deval.summary import TaskArrays, _stat
+from deval.summary import TaskArrays, bootstrap_stat
 
 SCHEMA = "deval.sweep/1"
 MANIFEST_SCHEMA = "deval.sweep-manifest/1"
@@ -126,9 +126,9 @@ def derive_task(task, steps: list[Step], temperatures: tuple[float, ...], seed: 
         rng = np.random.default_rng(seed)
         e_t = np.nanmax(np.where(np.isnan(ptok), -np.inf, ptok), axis=-1)
         e_t = np.where(np.isinf(e_t), np.nan, e_t)
-        out[t] = {"e_score": _stat(metrics.run_means(e_t), rng),
-                  "atvd": _stat(metrics.run_means(metrics.tv(ptok, task.p_task)), rng),
-                  "entropy": _stat(metrics.run_means(metrics.entropy(ptok)), rng)}
+        out[t] = {"e_score": bootstrap_stat(metrics.run_means(e_t), rng),
+                  "atvd": bootstrap_stat(metrics.run_means(metrics.tv(ptok, task.p_task)), rng),
+                  "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), rng)}
     return out
 
 
