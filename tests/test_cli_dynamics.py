@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from deval import backends as registry
 from deval.cli import app
 from deval.errors import ConfigError
+from conftest import one_line_error, run_cli
 from exact_fakes import FakeExact
 
 runner = CliRunner()
@@ -71,6 +72,14 @@ def test_bad_input_is_a_config_error(fake):
                                                                          "--filter-order", "random"]):
         r = runner.invoke(app, args)
         assert r.exit_code != 0 and isinstance(r.exception, ConfigError), args
+
+
+@pytest.mark.parametrize("name, says", [("nope", "unknown valid-set task 'nope'"),
+                                         ("flat", "'flat' is a weighted task (for profile and sweep)")])
+def test_unknown_valid_set_names_say_where_to_look(name, says):
+    line = one_line_error(run_cli("calibration", "--task", name))
+    assert says in line and "run 'deval tasks'" in line and "tasks/valid" in line
+    assert "us-states" in line and ".toml path" in line
 
 
 def test_a_backend_without_exact_distributions_is_refused(tmp_path):
