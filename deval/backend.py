@@ -8,6 +8,7 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
+from deval.sampling import logsumexp
 from deval.tasks import Task
 
 FILTER_ORDERS = ("filters-first", "temperature-first")
@@ -45,6 +46,7 @@ class RunSpec:
     steps: int
     temperature: float = 1.0
     filters: Filters = field(default_factory=Filters)
+    derive_temperatures: tuple[float, ...] = ()  # where an exact backend records Step.trie_logprobs at
 
     @property
     def prompt(self) -> str:
@@ -55,6 +57,52 @@ def run_seed(seed: int, task_name: str, run: int) -> int:
     """A per-run seed that depends only on (seed, task, run): runs can execute in any order and resume."""
     sequence = np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(task_name.encode()), run))
     return int(sequence.generate_state(1, dtype=np.uint64)[0])
+
+
+@dataclass(frozen=True)
+class TrieLogprobs:
+    """One step's item trie at T=1, enough to give p_t(item) exactly at each of `temperatures` (deval.sweep).
+
+    nodes[i] is a token path from the item's start that has children; children[i] are its child tokens,
+    logprobs[i] their T=1 log-probabilities (no filters) and log_z[i][j] = log sum_v exp(log p_v / temperatures[j])
+    over the whole vocabulary at that node. At temperature T a child's log-probability is
+    logprobs / T - log_z. `ends` pairs each path where a spelling ends with its item index.
+    """
+
+    temperatures: tuple[float, ...]
+    nodes: tuple[tuple[int, ...], ...]
+    children: tuple[tuple[int, ...], ...]
+    logprobs: tuple[tuple[float, ...], ...]
+    log_z: tuple[tuple[float, ...], ...]
+    ends: tuple[tuple[tuple[int, ...], int], ...]
+
+    @classmethod
+    def from_rows(cls, children: dict, ends: dict, rows: dict, temperatures: Sequence[float]) -> "TrieLogprobs":
+        """From a trie (node -> child tokens, node -> item) and the T=1 log-softmax row at every node with children."""
+        nodes = sorted(children, key=lambda n: (len(n), n))
+        temps = tuple(float(t) for t in temperatures)
+        kids = tuple(tuple(sorted(int(c) for c in children[n])) for n in nodes)
+        return cls(temperatures=temps, nodes=tuple(tuple(int(t) for t in n) for n in nodes), children=kids,
+                   logprobs=tuple(tuple(float(rows[n][c]) for c in k) for n, k in zip(nodes, kids)),
+                   log_z=tuple(tuple(float(logsumexp(np.asarray(rows[n], dtype=np.float64) / t)) for t in temps)
+                               for n in nodes),
+                   ends=tuple(sorted((tuple(int(t) for t in n), int(i)) for n, i in ends.items())))
+
+    def to_record(self) -> dict:
+        return {"temperatures": list(self.temperatures),
+                "nodes": [{"path": list(n), "children": list(c), "logprobs": list(lp), "log_z": list(z)}
+                          for n, c, lp, z in zip(self.nodes, self.children, self.logprobs, self.log_z)],
+                "ends": [[list(n), i] for n, i in self.ends]}
+
+    @classmethod
+    def from_record(cls, r: dict) -> "TrieLogprobs":
+        nodes = r["nodes"]
+        return cls(temperatures=tuple(float(t) for t in r["temperatures"]),
+                   nodes=tuple(tuple(int(t) for t in n["path"]) for n in nodes),
+                   children=tuple(tuple(int(t) for t in n["children"]) for n in nodes),
+                   logprobs=tuple(tuple(float(v) for v in n["logprobs"]) for n in nodes),
+                   log_z=tuple(tuple(float(v) for v in n["log_z"]) for n in nodes),
+                   ends=tuple((tuple(int(t) for t in n), int(i)) for n, i in r["ends"]))
 
 
 @dataclass(frozen=True)
@@ -69,6 +117,8 @@ class Step:
     `item_logprobs`, where a backend can give it, holds per item the T=1 log-probabilities (no filters) of the
     single tokens that spell it at this step; from these P_token at any temperature follows exactly
     (deval.sweep). None where unknown or where some spelling takes more than one token.
+    `trie_logprobs`, where the run asked for it (RunSpec.derive_temperatures) and the backend is exact, covers
+    multi-token spellings too: the T=1 item trie with each node's normalisers at those temperatures.
     """
 
     task: str
@@ -82,6 +132,7 @@ class Step:
     missing: tuple[int, ...] = ()
     flags: tuple[str, ...] = ()
     item_logprobs: tuple[tuple[float, ...], ...] | None = None
+    trie_logprobs: TrieLogprobs | None = None
 
     def to_record(self) -> dict:
         record = {
@@ -91,6 +142,8 @@ class Step:
         }
         if self.item_logprobs is not None:
             record["item_logprobs"] = [list(x) for x in self.item_logprobs]
+        if self.trie_logprobs is not None:
+            record["trie_logprobs"] = self.trie_logprobs.to_record()
         return record
 
     @classmethod
@@ -100,7 +153,9 @@ class Step:
                    tail=float(r.get("tail", 0.0)), missing=tuple(r.get("missing", ())),
                    flags=tuple(r.get("flags", ())),
                    item_logprobs=None if r.get("item_logprobs") is None
-                   else tuple(tuple(float(v) for v in x) for x in r["item_logprobs"]))
+                   else tuple(tuple(float(v) for v in x) for x in r["item_logprobs"]),
+                   trie_logprobs=None if r.get("trie_logprobs") is None
+                   else TrieLogprobs.from_record(r["trie_logprobs"]))
 
 
 class Backend(Protocol):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 from scipy.stats import rankdata
 
 from deval.backend import Filters
-from deval.exact import CachedModel, ExactModel, ValidityOracle, Vocab, max_answer_tokens
+from deval.exact import CachedModel, ExactModel, TaskSession, ValidityOracle, Vocab, sample_rng
 from deval.sampling import draw, sampling_logprobs, with_temperature
 from deval.validsets import ValidSetTask
 
@@ -41,6 +42,10 @@ class Rule:
 
     def to_dict(self) -> dict:
         return {"label": self.label, "filters": self.filters.to_dict(), "oracle": self.oracle}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Rule":
+        return cls(label=d["label"], filters=Filters(**d["filters"]), oracle=bool(d["oracle"]))
 
 
 def rule_grid(top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P, min_p=DEFAULT_MIN_P, order: str = "filters-first") -> list[Rule]:
@@ -137,29 +142,53 @@ def sequence_stats(answers: list[str | None], members: tuple[str, ...]) -> dict:
             "counts": {m: valid.count(m) for m in distinct}}
 
 
-def calibrate(task: ValidSetTask, model: ExactModel, rules: list[Rule], samples: int, temperature: float,
-              rng: np.random.Generator, vocab: Vocab | None = None) -> tuple[dict, list[dict]]:
-    """The task's calibration summary and one record per trie node."""
-    vocab = vocab or Vocab(model)
-    oracle = ValidityOracle(task.members, vocab)
-    cached = CachedModel(model)
-    prompt = list(model.prompt_tokens(task.prompt))
-    nodes = trie_nodes(task, model)
-    records = []
-    for node in nodes:
-        answer = answer_bytes(model, node.tokens)
-        valid = oracle.moves(answer).valid
-        m = node_metrics(cached.next_logprobs(prompt + list(node.tokens)), valid, rules, temperature)
-        records.append({"task": task.name, "tokens": list(node.tokens), "text": node.text, "kind": node.kind,
-                        "depth": len(node.tokens), **m})
-    max_tokens = max_answer_tokens(task.members)
+def node_records(session: TaskSession, rules: list[Rule], temperature: float,
+                 skip: frozenset = frozenset()) -> Iterator[dict]:
+    """One record per trie node not in `skip` (token tuples), in trie order; `passes` is its forward passes."""
+    task, model = session.task, session.model
+    for node in trie_nodes(task, model):
+        if node.tokens in skip:
+            continue
+        before = session.cached.calls
+        valid = session.oracle.moves(answer_bytes(model, node.tokens)).valid
+        m = node_metrics(session.cached.next_logprobs(session.prompt + node.tokens), valid, rules, temperature)
+        yield {"task": task.name, "tokens": list(node.tokens), "text": node.text, "kind": node.kind,
+               "depth": len(node.tokens), **m, "passes": session.cached.calls - before}
+
+
+def sample_records(session: TaskSession, rules: list[Rule], samples: int, temperature: float, seed: int,
+                   skip: frozenset = frozenset()) -> Iterator[dict]:
+    """One sampled answer per (rule, index) not in `skip`; sample i of a rule draws from its own seeded generator."""
+    name = session.task.name
+    for rule in rules:
+        for i in range(samples):
+            if (rule.label, i) in skip:
+                continue
+            before = session.cached.calls
+            answer = sample_answer(session.cached, session.oracle, list(session.prompt), rule, temperature,
+                                   session.max_tokens, sample_rng(seed, name, rule.label, i))
+            yield {"task": name, "rule": rule.label, "index": i, "answer": answer,
+                   "passes": session.cached.calls - before}
+
+
+def summarise(task: ValidSetTask, nodes: list[dict], samples: list[dict], rules: list[Rule]) -> dict:
+    """The task's calibration summary from its node and sample records, whatever order they were written in."""
+    nodes = sorted(nodes, key=lambda r: (len(r["tokens"]), r["tokens"]))
     sequences = {}
     for rule in rules:
-        answers = [sample_answer(cached, oracle, prompt, rule, temperature, max_tokens, rng) for _ in range(samples)]
-        sequences[rule.label] = sequence_stats(answers, task.members)
-    summary = {"members": len(task.members), "nodes": len(records), "steps": aggregate(records, rules),
-               "sequences": sequences, "forward_passes": cached.calls}
-    return summary, records
+        drawn = sorted((r for r in samples if r["rule"] == rule.label), key=lambda r: r["index"])
+        sequences[rule.label] = sequence_stats([r["answer"] for r in drawn], task.members)
+    return {"members": len(task.members), "nodes": len(nodes), "steps": aggregate(nodes, rules),
+            "sequences": sequences, "forward_passes": int(sum(r.get("passes", 0) for r in nodes + samples))}
+
+
+def calibrate(task: ValidSetTask, model: ExactModel, rules: list[Rule], samples: int, temperature: float,
+              seed: int, vocab: Vocab | None = None) -> tuple[dict, list[dict]]:
+    """The task's calibration summary and one record per trie node, in memory."""
+    session = TaskSession.open(task, model, vocab)
+    nodes = list(node_records(session, rules, temperature))
+    drawn = list(sample_records(session, rules, samples, temperature, seed))
+    return summarise(task, nodes, drawn, rules), nodes
 
 
 def aggregate(records: list[dict], rules: list[Rule]) -> dict:

@@ -22,13 +22,15 @@ from deval.errors import ConfigError, DevalError
 from deval.profile import ProfileConfig, manifest, run_profile
 from deval.report import render_profile
 from deval.store import RunDir, dumps
-from deval.tasks import MODES, TaskCatalog, task_from_dict
+from deval.tasks import MODES, TaskCatalog, builtin_tasks_dir, task_from_dict
+from deval.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Profile how a language model samples: P_token against P_task, D-model or E-model.")
 out = Console()
 err = Console(stderr=True)
 DEFAULT_TASKS = ["extreme", "flat"]
+VALID_SET_PREVIEW = 6  # members shown per valid-set task in 'deval tasks'
 
 
 def backend_options(backend: str, **given) -> dict:
@@ -147,14 +149,23 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
 
 @app.command("tasks")
 def list_tasks(tasks_dir: List[Path] = typer.Option([], "--tasks-dir", help="Extra directory of task files.")) -> None:
-    """List the available tasks and their P_task."""
-    table = Table(title="tasks")
+    """List the tasks with a P_task (profile, sweep) and the valid-set tasks (calibration, diversity)."""
+    table = Table(title="tasks with a target distribution: for 'deval profile' and 'deval sweep'")
     for col in ("name", "items : P_task", "mode", "steps", "description"):
         table.add_column(col)
     for t in TaskCatalog.load(list(tasks_dir)).tasks.values():
         dist = ", ".join(f"{x}:{w:.3g}" for x, w in zip(t.items, t.weights))
         table.add_row(t.name, dist, t.mode, str(t.steps), t.description)
     out.print(table)
+    valid = Table(title="valid-set tasks: for 'deval calibration' and 'deval diversity' (no P_task)")
+    for col in ("name", "valid answers", "description"):
+        valid.add_column(col)
+    for t in builtin_valid_sets().values():
+        shown = ", ".join(t.members[:VALID_SET_PREVIEW]) + (", ..." if len(t.members) > VALID_SET_PREVIEW else "")
+        valid.add_row(t.name, f"{len(t.members)}: {shown}", t.description)
+    out.print(valid)
+    out.print(f"[dim]shipped in {builtin_tasks_dir()} (valid sets in {builtin_valid_sets_dir()}); "
+              "--task also takes a .toml path[/]", highlight=False)
 
 
 @app.command("backends")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -113,6 +114,14 @@ def _exact_backend(backend: str, model: Optional[str], options: dict):
         raise
 
 
+def _interrupted(command: str, path: Path) -> typer.Exit:
+    from deval.cli import err
+
+    err.print(f"interrupted: every finished record is in {path}; finish with: deval {command} --resume {path}",
+              highlight=False, soft_wrap=True)
+    return typer.Exit(130)
+
+
 def calibration(
     task: List[str] = typer.Option(["vowels"], "--task", help="Valid-set task name or .toml path; repeatable."),
     backend: str = typer.Option("local", help="A backend with exact next-token distributions (local)."),
@@ -125,6 +134,7 @@ def calibration(
     filter_order: str = typer.Option("filters-first", help="filters-first (llama.cpp) | temperature-first (HF)."),
     seed: int = typer.Option(0, help="Seed for sampling."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<time>-calibration-…)."),
+    resume: Optional[Path] = typer.Option(None, help="Finish an interrupted calibration run in this directory."),
     json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout."),
     gpu_layers: Optional[int] = typer.Option(None, help="local: layers to offload to the GPU (-1 all)."),
     threads: Optional[int] = typer.Option(None, help="local: CPU threads."),
@@ -135,23 +145,36 @@ def calibration(
     from deval.cli import backend_options, check_range, out
     from deval.report_dynamics import render_calibration
     from deval.store import dumps
-    from deval.validity_runs import CalibrationConfig, run_calibration
+    from deval.validity_runs import (CalibrationConfig, calibration_manifest, create_run_dir,
+                                     load_calibration_config, run_calibration)
     from deval.validsets import get_valid_set
 
-    check_range("--samples", samples, lo=1)
-    check_range("--temperature", temperature, lo=0, lo_open=True)
-    if filter_order not in FILTER_ORDERS:
-        raise ConfigError(f"--filter-order must be one of {', '.join(FILTER_ORDERS)} (got {filter_order})")
-    rules = rule_grid(_floats(top_ks, "--top-ks", 1, 10**7, integer=True), _floats(top_ps, "--top-ps", 1e-9, 1),
-                      _floats(min_ps, "--min-ps", 0, 1), order=filter_order)
-    tasks = tuple(get_valid_set(ref) for ref in dict.fromkeys(task))
-    options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
-    config = CalibrationConfig(tasks=tasks, rules=tuple(rules), samples=samples, temperature=temperature, seed=seed,
-                               filter_order=filter_order)
-    engine = _exact_backend(backend, model, options)
+    if resume is not None:
+        config = load_calibration_config(resume)
+    else:
+        check_range("--samples", samples, lo=1)
+        check_range("--temperature", temperature, lo=0, lo_open=True)
+        if filter_order not in FILTER_ORDERS:
+            raise ConfigError(f"--filter-order must be one of {', '.join(FILTER_ORDERS)} (got {filter_order})")
+        rules = rule_grid(_floats(top_ks, "--top-ks", 1, 10**7, integer=True), _floats(top_ps, "--top-ps", 1e-9, 1),
+                          _floats(min_ps, "--min-ps", 0, 1), order=filter_order)
+        tasks = tuple(get_valid_set(ref) for ref in dict.fromkeys(task))
+        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
+        config = CalibrationConfig(tasks=tasks, rules=tuple(rules), samples=samples, temperature=temperature,
+                                   seed=seed, filter_order=filter_order, backend=backend, model=model or "",
+                                   backend_options=tuple(sorted(options.items())))
+    engine = _exact_backend(config.backend, config.model or None, dict(config.backend_options))
     try:
-        path = out_dir or _default_dir("calibration", engine.model)
-        summary = run_calibration(config, engine, path, engine.describe())
+        if resume is None:
+            config = replace(config, model=engine.model)
+            path = create_run_dir(out_dir or _default_dir("calibration", engine.model),
+                                  calibration_manifest(config, engine.describe()))
+        else:
+            path = Path(resume)
+        try:
+            summary = run_calibration(config, engine, path, engine.describe())
+        except KeyboardInterrupt:
+            raise _interrupted("calibration", path) from None
     finally:
         engine.close()
     if json_out:
@@ -173,6 +196,7 @@ def diversity(
     filter_order: str = typer.Option("filters-first", help="filters-first (llama.cpp) | temperature-first (HF)."),
     seed: int = typer.Option(0, help="Seed for sampling (the same for every model)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<time>-diversity-…)."),
+    resume: Optional[Path] = typer.Option(None, help="Finish an interrupted diversity run in this directory."),
     json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout."),
     gpu_layers: Optional[int] = typer.Option(None, help="local: layers to offload to the GPU (-1 all)."),
     threads: Optional[int] = typer.Option(None, help="local: CPU threads."),
@@ -182,24 +206,40 @@ def diversity(
     from deval.cli import backend_options, check_range, out
     from deval.report_dynamics import render_diversity
     from deval.store import dumps
-    from deval.validity_runs import DiversityConfig, run_diversity
+    from deval.validity_runs import (DiversityConfig, create_run_dir, diversity_manifest, load_diversity_config,
+                                     run_diversity)
     from deval.validsets import get_valid_set
 
-    check_range("--samples", samples, lo=1)
-    check_range("--temperature", temperature, lo=0, lo_open=True)
-    config = DiversityConfig(task=get_valid_set(task), samples=samples, temperature=temperature, seed=seed,
-                             filters=_filters(top_k, top_p, min_p, filter_order))
-    options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
+    if resume is not None:
+        config = load_diversity_config(resume)
+        refs = [(label, ref) for label, ref in config.models]
+    else:
+        check_range("--samples", samples, lo=1)
+        check_range("--temperature", temperature, lo=0, lo_open=True)
+        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
+        config = DiversityConfig(task=get_valid_set(task), samples=samples, temperature=temperature, seed=seed,
+                                 filters=_filters(top_k, top_p, min_p, filter_order), backend=backend,
+                                 backend_options=tuple(sorted(options.items())))
+        refs = [(None, ref) for ref in [model, *compare]]
     engines = {}
     try:
-        for ref in [model, *compare]:
-            engine = _exact_backend(backend, ref, options)
-            label = Path(engine.model).stem if engine.model else (ref or backend)
-            while label in engines:
-                label += "'"
+        for label, ref in refs:
+            engine = _exact_backend(config.backend, ref or None, dict(config.backend_options))
+            if label is None:
+                label = Path(engine.model).stem if engine.model else (ref or config.backend)
+                while label in engines:
+                    label += "'"
             engines[label] = engine
-        path = out_dir or _default_dir("diversity", next(iter(engines.values())).model)
-        summary = run_diversity(config, engines, path, {k: e.describe() for k, e in engines.items()})
+        if resume is None:
+            config = replace(config, models=tuple((label, e.model) for label, e in engines.items()))
+            path = create_run_dir(out_dir or _default_dir("diversity", next(iter(engines.values())).model),
+                                  diversity_manifest(config, {k: e.describe() for k, e in engines.items()}))
+        else:
+            path = Path(resume)
+        try:
+            summary = run_diversity(config, engines, path, {k: e.describe() for k, e in engines.items()})
+        except KeyboardInterrupt:
+            raise _interrupted("diversity", path) from None
     finally:
         for engine in engines.values():
             engine.close()

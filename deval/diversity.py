@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from deval.calibration import Rule, sample_answer
-from deval.exact import CachedModel, ExactModel, ValidityOracle, Vocab, max_answer_tokens
+from deval.exact import CachedModel, ExactModel, TaskSession, ValidityOracle, Vocab, sample_rng
 from deval.validsets import ValidSetTask
 
 SCHEMA = "deval.diversity/1"
@@ -67,25 +69,49 @@ def member_probabilities(cached: CachedModel, oracle: ValidityOracle, prompt: li
     return probs, unexplored
 
 
-def diversity(task: ValidSetTask, model: ExactModel, rule: Rule, samples: int, temperature: float,
-              rng: np.random.Generator, vocab: Vocab | None = None) -> dict:
-    """N samples under the rule, their distinct-valid curve, the exact expected curve and the ideal curve."""
-    vocab = vocab or Vocab(model)
-    oracle = ValidityOracle(task.members, vocab)
-    cached = CachedModel(model)
-    prompt = list(model.prompt_tokens(task.prompt))
-    max_tokens = max_answer_tokens(task.members)
-    answers = [sample_answer(cached, oracle, prompt, rule, temperature, max_tokens, rng) for _ in range(samples)]
-    q, unexplored = member_probabilities(cached, oracle, prompt, rule, temperature, max_tokens)
-    n = np.arange(1, samples + 1)
+def sample_records(session: TaskSession, rule: Rule, samples: int, temperature: float, seed: int, label: str,
+                   skip: frozenset = frozenset()) -> Iterator[dict]:
+    """One sampled answer per index not in `skip`; sample i uses the same generator for every model."""
+    for i in range(samples):
+        if i in skip:
+            continue
+        before = session.cached.calls
+        answer = sample_answer(session.cached, session.oracle, list(session.prompt), rule, temperature,
+                               session.max_tokens, sample_rng(seed, session.task.name, i))
+        yield {"model": label, "index": i, "answer": answer, "passes": session.cached.calls - before}
+
+
+def exact_record(session: TaskSession, rule: Rule, temperature: float, label: str) -> dict:
+    """Each member's exact probability under the rule (pruned enumeration), with what it left unexplored."""
+    before = session.cached.calls
+    q, unexplored = member_probabilities(session.cached, session.oracle, list(session.prompt), rule, temperature,
+                                         session.max_tokens)
+    return {"model": label, "member_probabilities": q, "unexplored_mass": unexplored,
+            "passes": session.cached.calls - before}
+
+
+def summarise(task: ValidSetTask, samples: list[dict], exact: dict) -> dict:
+    """One model's curves and counts from its sample records (any order) and its exact record."""
+    answers = [r["answer"] for r in sorted(samples, key=lambda r: r["index"])]
+    n = np.arange(1, len(answers) + 1)
     k = len(task.members)
+    q = exact["member_probabilities"]
     valid = [a for a in answers if a is not None]
     return {
-        "members": k, "samples": samples, "answers": answers,
+        "members": k, "samples": len(answers), "answers": answers,
         "observed": observed_curve(answers).tolist(),
         "expected": expected_curve(np.array(list(q.values())), n).tolist(),
         "ideal": ideal_curve(k, n).tolist(),
-        "member_probabilities": q, "validity_probability": float(sum(q.values())), "unexplored_mass": unexplored,
-        "validity_rate": len(valid) / samples if samples else float("nan"),
-        "distinct_valid": len(set(valid)), "forward_passes": cached.calls,
+        "member_probabilities": q, "validity_probability": float(sum(q.values())),
+        "unexplored_mass": exact["unexplored_mass"],
+        "validity_rate": len(valid) / len(answers) if answers else float("nan"),
+        "distinct_valid": len(set(valid)), "forward_passes": int(sum(r.get("passes", 0) for r in [*samples, exact])),
     }
+
+
+def diversity(task: ValidSetTask, model: ExactModel, rule: Rule, samples: int, temperature: float, seed: int,
+              vocab: Vocab | None = None) -> dict:
+    """N samples under the rule, their distinct-valid curve, the exact expected curve and the ideal curve."""
+    session = TaskSession.open(task, model, vocab)
+    drawn = list(sample_records(session, rule, samples, temperature, seed, ""))
+    return summarise(task, drawn, exact_record(session, rule, temperature, ""))

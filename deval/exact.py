@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -139,3 +140,27 @@ class ValidityOracle:
                         finish[int(tok)] = member
         finish = {t: m for t, m in finish.items() if not extend[t]}  # a longer member keeps the answer going
         return Moves(extend=extend, finish=finish)
+
+
+def sample_rng(seed: int, *key) -> np.random.Generator:
+    """The generator for one sample, from the seed and the sample's key alone: samples draw in any order and resume."""
+    spawn_key = tuple(zlib.crc32(str(k).encode("utf-8")) for k in key)
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=spawn_key))
+
+
+@dataclass(frozen=True)
+class TaskSession:
+    """One valid-set task on one exact model: the memoised model, the validity oracle and the prompt's tokens."""
+
+    task: object  # a deval.validsets.ValidSetTask
+    model: ExactModel
+    cached: CachedModel
+    oracle: ValidityOracle
+    prompt: tuple[int, ...]
+    max_tokens: int
+
+    @classmethod
+    def open(cls, task, model: ExactModel, vocab: Vocab | None = None) -> "TaskSession":
+        return cls(task=task, model=model, cached=CachedModel(model),
+                   oracle=ValidityOracle(task.members, vocab or Vocab(model)),
+                   prompt=tuple(model.prompt_tokens(task.prompt)), max_tokens=max_answer_tokens(task.members))

@@ -31,19 +31,24 @@ class ProfileConfig:
     mode: str | None = None  # None: each task's own mode
     filters: Filters = field(default_factory=Filters)
     backend_options: tuple[tuple[str, object], ...] = ()
+    derive_temperatures: tuple[float, ...] = ()  # set by deval.sweep on its T=1 run: see Step.trie_logprobs
 
     def run_specs(self, task: Task) -> list[RunSpec]:
         mode = self.mode or task.mode
         steps = self.steps or task.steps
         return [RunSpec(task=task, run=r, seed=run_seed(self.seed, task.name, r), mode=mode, steps=steps,
-                        temperature=self.temperature, filters=self.filters) for r in range(self.runs)]
+                        temperature=self.temperature, filters=self.filters,
+                        derive_temperatures=self.derive_temperatures) for r in range(self.runs)]
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "backend": self.backend, "model": self.model, "tasks": [t.to_dict() for t in self.tasks],
             "runs": self.runs, "steps": self.steps, "temperature": self.temperature, "seed": self.seed,
             "mode": self.mode, "filters": self.filters.to_dict(), "backend_options": dict(self.backend_options),
         }
+        if self.derive_temperatures:  # written only when set, so plain profile manifests are unchanged
+            d["derive_temperatures"] = list(self.derive_temperatures)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProfileConfig":
@@ -51,7 +56,8 @@ class ProfileConfig:
                    tasks=tuple(task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
                                for t in d["tasks"]),
                    runs=d["runs"], steps=d["steps"], temperature=d["temperature"], seed=d["seed"], mode=d["mode"],
-                   filters=Filters(**d["filters"]), backend_options=tuple(d.get("backend_options", {}).items()))
+                   filters=Filters(**d["filters"]), backend_options=tuple(d.get("backend_options", {}).items()),
+                   derive_temperatures=tuple(float(t) for t in d.get("derive_temperatures", ())))
 
 
 def manifest(config: ProfileConfig, backend: Backend) -> dict:

@@ -13,6 +13,7 @@ from deval.report import fmt, spark
 
 SWEEP_COLUMNS = [("e_score", "e-score"), ("atvd", "ATVD"), ("result_tvd", "result TVD"),
                  ("on_set_mass", "on-set"), ("entropy", "entropy")]
+DERIVED_COLUMNS = [("e_score", "e-score"), ("atvd", "ATVD"), ("on_set_mass", "on-set"), ("entropy", "entropy")]
 
 
 def _filters_text(filters: dict) -> str:
@@ -30,23 +31,23 @@ def render_sweep(summary: dict, console: Console | None = None, where: str | Non
     for name, s in summary["tasks"].items():
         rows = s["rows"]
         has_derived = any(r["derived"] for r in rows)
+        derived_cols = [(k, label + "*") for k, label in DERIVED_COLUMNS
+                        if any(r["derived"] and k in r["derived"] for r in rows)]
         table = Table(show_header=True, header_style="bold")
         table.add_column("T", justify="right")
         for _, label in SWEEP_COLUMNS:
             table.add_column(label, justify="right")
         if filtered:
             table.add_column("P_task kept", justify="right")
-        if has_derived:
-            table.add_column("e-score*", justify="right", style="cyan")
-            table.add_column("ATVD*", justify="right", style="cyan")
+        for _, label in derived_cols:
+            table.add_column(label, justify="right", style="cyan")
         for r in rows:
             m = r["measured"]
             cells = [f"{r['temperature']:g}"] + [fmt(m[k]["mean"]) if k in m else "n/a" for k, _ in SWEEP_COLUMNS]
             if filtered:
                 cells.append(fmt(m.get("kept_coverage", {}).get("mean")))
-            if has_derived:
-                d = r["derived"] or {}
-                cells += [fmt(d.get("e_score", {}).get("mean")), fmt(d.get("atvd", {}).get("mean"))]
+            d = r["derived"] or {}
+            cells += [fmt(d.get(k, {}).get("mean")) for k, _ in derived_cols]
             style = "bold" if r["temperature"] == s["best_temperature"] else None
             table.add_row(*cells, style=style)
         sparks = Table(box=None, show_header=False, padding=(0, 1))
@@ -64,9 +65,10 @@ def render_sweep(summary: dict, console: Console | None = None, where: str | Non
         if s.get("best_temperature_derived") is not None:
             lines[0] += f", T={s['best_temperature_derived']:g} (derived)"
         lines.append(f"the model {s['response']}")
-        lines.append("measured: sampled and profiled at each temperature (bold row: lowest ATVD); "
-                     f"* derived: {s['derived_note']}" + (" (softmax of the T=1 item-token log-probabilities / T)"
-                                                           if has_derived else ""))
+        lines.append("measured (plain columns): sampled and profiled at each temperature; bold row: lowest ATVD")
+        lines.append(f"* derived (cyan columns): {s['derived_note']}" + (
+            "; along the T=1 run's own sampled path, so from step 2 on in sequence mode they answer "
+            "'what if only this step were tempered', not what a run at T would see" if has_derived else ""))
         console.print(Panel(Group(table, sparks, Text("\n".join(lines))), title=f"[bold]{name}[/]",
                             title_align="left"))
     verdicts = ", ".join(f"T={t}: {v}" for t, v in summary["verdicts"].items())

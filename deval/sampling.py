@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from deval.backend import Filters
+if TYPE_CHECKING:  # deval.backend imports this module (TrieLogprobs), so Filters is for annotations only
+    from deval.backend import Filters
 
 
 def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Run directories: manifest.json, steps.jsonl (appended and flushed as steps arrive), summary.json."""
+"""Run directories: manifest.json, steps.jsonl (appended and flushed as steps arrive), summary.json; and the
+append-only JSON-lines logs that calibration and diversity runs write their records to."""
 
 from __future__ import annotations
 
@@ -139,3 +140,44 @@ class RunDir:
         if self._steps_file is not None:
             self._steps_file.close()
             self._steps_file = None
+
+
+class RecordLog:
+    """An append-only JSON-lines file of records, flushed one by one, so a crash loses nothing written."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = None
+
+    def read(self) -> list[dict]:
+        """Every complete record; a torn last line (crash mid-write) is cut off the file so appends stay clean."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        lines = data.decode("utf-8", "replace").splitlines()
+        records = []
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if n == len(lines) - 1:
+                    break
+                raise ConfigError(f"{self.path}: line {n + 1} is damaged; delete that line and --resume") from None
+        if len(records) != sum(1 for line in lines if line.strip()) or (data and not data.endswith(b"\n")):
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            tmp.write_text("".join(dumps(r, indent=None) + "\n" for r in records), encoding="utf-8")
+            os.replace(tmp, self.path)
+        return records
+
+    def append(self, record: dict) -> None:
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(dumps(record, indent=None) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

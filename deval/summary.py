@@ -44,7 +44,8 @@ class TaskArrays:
         return cls(probs=probs, sampled=sampled, tail=tail, flags=tuple(sorted(flags)))
 
 
-def _stat(per_run: np.ndarray, rng: np.random.Generator) -> dict:
+def bootstrap_stat(per_run: np.ndarray, rng: np.random.Generator) -> dict:
+    """{"mean": mean over runs (NaN ignored), "ci": seeded 95% bootstrap interval over runs} of per-run values."""
     values = np.asarray(per_run, dtype=float)
     mean = float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
     lo, hi = metrics.bootstrap_ci(values, rng)
@@ -64,14 +65,14 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
     pooled = run_counts.sum(axis=0)
     e_runs = metrics.run_means(e_t)
     summary = {
-        "e_score": _stat(e_runs, rng),
-        "atvd": _stat(metrics.run_means(tv_t), rng),
-        "result_tvd": _stat(metrics.result_tvd(run_counts, p_task), rng),
-        "on_set_mass": _stat(metrics.run_means(metrics.on_set_mass(arrays.probs)), rng),
-        "volatility": _stat(metrics.run_means(metrics.volatility(ptok)), rng),
-        "quota_r": _stat(metrics.quota_r(ptok, arrays.sampled, p_task), rng),
-        "entropy": _stat(metrics.run_means(metrics.entropy(ptok)), rng),
-        "extremity": _stat(metrics.extremity(e_runs, p_task), rng),
+        "e_score": bootstrap_stat(e_runs, rng),
+        "atvd": bootstrap_stat(metrics.run_means(tv_t), rng),
+        "result_tvd": bootstrap_stat(metrics.result_tvd(run_counts, p_task), rng),
+        "on_set_mass": bootstrap_stat(metrics.run_means(metrics.on_set_mass(arrays.probs)), rng),
+        "volatility": bootstrap_stat(metrics.run_means(metrics.volatility(ptok)), rng),
+        "quota_r": bootstrap_stat(metrics.quota_r(ptok, arrays.sampled, p_task), rng),
+        "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), rng),
+        "extremity": bootstrap_stat(metrics.extremity(e_runs, p_task), rng),
         "invalid_rate": metrics.invalid_rate(arrays.sampled),
         "chi2_p": metrics.chi2_p(pooled, p_task),
         "pooled_result_tvd": float(metrics.result_tvd(pooled[None, :], p_task)[0]),
@@ -80,8 +81,9 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
         "mean_p_token": {x: float(v) for x, v in zip(task.items, np.nanmean(ptok, axis=(0, 1)))},
         "runs": int(arrays.probs.shape[0]),
         "positions": int(np.sum(arrays.sampled != metrics.PAD)),
-        "kept_coverage": _stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), rng),
-        "tail_mass": _stat(metrics.run_means(np.where(arrays.sampled == metrics.PAD, np.nan, arrays.tail)), rng),
+        "kept_coverage": bootstrap_stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), rng),
+        "tail_mass": bootstrap_stat(metrics.run_means(np.where(arrays.sampled == metrics.PAD, np.nan, arrays.tail)),
+                                    rng),
         "flags": list(arrays.flags),
     }
     return summary

@@ -11,11 +11,11 @@ import numpy as np
 from scipy.special import logsumexp
 
 from deval import metrics
-from deval.backend import Backend, Step
+from deval.backend import Backend, Step, TrieLogprobs
 from deval.errors import ConfigError
 from deval.profile import ProfileConfig, manifest, run_profile
 from deval.store import MANIFEST, SUMMARY, RunDir, dump_json, read_json
-from deval.summary import TaskArrays, _stat
+from deval.summary import TaskArrays, bootstrap_stat
 
 SCHEMA = "deval.sweep/1"
 MANIFEST_SCHEMA = "deval.sweep-manifest/1"
@@ -23,7 +23,8 @@ DEFAULT_TEMPERATURES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # the paper sweeps 0.5 
 # Our reconstruction: a model "barely responds" when its mean e-score moves less than this across the sweep.
 RESPONSE_THRESHOLD = 0.1
 MEASURED_KEYS = ("e_score", "atvd", "result_tvd", "on_set_mass", "entropy", "kept_coverage")
-DERIVED_KEYS = ("e_score", "atvd", "entropy")
+DERIVED_KEYS = ("e_score", "atvd", "entropy", "on_set_mass")  # on-set mass only from trie records
+TEMPERATURE_MATCH = 1e-9  # a recorded temperature serves a requested one this close to it
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class SweepConfig:
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
 
     def at(self, temperature: float) -> ProfileConfig:
-        return dataclasses.replace(self.base, temperature=float(temperature))
+        """The profile at one temperature; the T=1 run records what the other temperatures derive from."""
+        derive = self.temperatures if temperature == 1.0 and not self.base.filters.active else ()
+        return dataclasses.replace(self.base, temperature=float(temperature), derive_temperatures=derive)
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "temperatures": list(self.temperatures)}
@@ -111,24 +114,78 @@ def derived_p_token(item_logprobs: list, temperature: float) -> np.ndarray:
     return np.exp(weights - logsumexp(weights))
 
 
+def trie_item_probs(record: TrieLogprobs, n_items: int, temperature: float) -> np.ndarray | None:
+    """p_t(item) at temperature T by the chain rule down the recorded trie; None if T was not recorded.
+
+    At each node a child token's probability is exp(logprob / T - log_z(T)); an item that is also a prefix of
+    another ('1' and '10') keeps only the mass that does not go on into the longer item (as the local backend).
+    """
+    col = next((j for j, t in enumerate(record.temperatures) if abs(t - temperature) <= TEMPERATURE_MATCH), None)
+    if col is None:
+        return None
+    at = {node: (kids, lps, zs[col]) for node, kids, lps, zs in
+          zip(record.nodes, record.children, record.logprobs, record.log_z)}
+    ends = dict(record.ends)
+    probs = np.zeros(n_items)
+
+    def walk(node: tuple[int, ...], mass: float) -> None:
+        kids, lps, log_z = at.get(node, ((), (), 0.0))
+        going_on = 0.0
+        for tok, lp in zip(kids, lps):
+            q = float(np.exp(lp / temperature - log_z))
+            going_on += q
+            if q > 0:
+                walk(node + (tok,), mass * q)
+        if node in ends:
+            probs[ends[node]] += mass * (1.0 - going_on if node in at else 1.0)
+
+    walk((), 1.0)
+    return probs
+
+
+def derived_probs(steps: list[Step], n_items: int, temperature: float) -> tuple[list[np.ndarray], bool] | None:
+    """Per step, item probabilities at T re-tempered from its T=1 record: (values, absolute) or None.
+
+    absolute is True when every step had a trie record (exact p_t, on-set mass included); otherwise the values are
+    P_token from one-token log-probabilities (their on-set mass is unknown). None if some step has neither.
+    """
+    out, absolute = [], True
+    for s in steps:
+        probs = trie_item_probs(s.trie_logprobs, n_items, temperature) if s.trie_logprobs is not None else None
+        if probs is None:
+            if s.item_logprobs is None:
+                return None
+            probs, absolute = derived_p_token(s.item_logprobs, temperature), False
+        out.append(probs)
+    return out, absolute
+
+
 def derive_task(task, steps: list[Step], temperatures: tuple[float, ...], seed: int) -> dict[float, dict] | None:
-    """e-score, ATVD and entropy at each temperature along the recorded T=1 trajectory; None if not derivable."""
-    if not steps or any(s.item_logprobs is None for s in steps):
+    """e-score, ATVD, entropy (and on-set mass) at each temperature along the recorded T=1 trajectory; None if not
+    derivable at every temperature."""
+    if not steps:
         return None
     arrays = TaskArrays.from_steps(task, steps)
     runs = sorted({s.run for s in steps})
     index = {r: i for i, r in enumerate(runs)}
     out = {}
     for t in temperatures:
-        ptok = np.full(arrays.probs.shape, np.nan)
-        for s in steps:
-            ptok[index[s.run], s.step] = derived_p_token(s.item_logprobs, t)
+        derived = derived_probs(steps, len(task.items), t)
+        if derived is None:
+            return None
+        values, absolute = derived
+        probs = np.full(arrays.probs.shape, np.nan)
+        for s, v in zip(steps, values):
+            probs[index[s.run], s.step] = v
+        ptok = metrics.p_token(probs)
         rng = np.random.default_rng(seed)
         e_t = np.nanmax(np.where(np.isnan(ptok), -np.inf, ptok), axis=-1)
         e_t = np.where(np.isinf(e_t), np.nan, e_t)
-        out[t] = {"e_score": _stat(metrics.run_means(e_t), rng),
-                  "atvd": _stat(metrics.run_means(metrics.tv(ptok, task.p_task)), rng),
-                  "entropy": _stat(metrics.run_means(metrics.entropy(ptok)), rng)}
+        out[t] = {"e_score": bootstrap_stat(metrics.run_means(e_t), rng),
+                  "atvd": bootstrap_stat(metrics.run_means(metrics.tv(ptok, task.p_task)), rng),
+                  "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), rng)}
+        if absolute:
+            out[t]["on_set_mass"] = bootstrap_stat(metrics.run_means(metrics.on_set_mass(probs)), rng)
     return out
 
 
@@ -156,12 +213,12 @@ def summarise_sweep(config: SweepConfig, per_temperature: dict[float, tuple[dict
             t1_steps = [st for st in per_temperature[1.0][1] if st.task == task.name]
             derived = derive_task(task, t1_steps, temps, config.base.seed)
             if derived is None:
-                reason = "the backend gave no single-token T=1 item log-probabilities for this task"
+                reason = ("the backend recorded no T=1 log-probabilities for this task's item spellings "
+                          "(an exact backend records them on the sweep's T=1 run)")
             else:
                 for row in rows:
                     row["derived"] = derived[row["temperature"]]
-        tasks[task.name] = {"rows": rows, "derived_note": reason or "derived exactly from the T=1 trajectory",
-                            **response(rows, task)}
+        tasks[task.name] = {"rows": rows, "derived_note": reason or derived_note(rows), **response(rows, task)}
     return {
         "schema": SCHEMA, "backend": config.base.backend, "model": config.base.model, "runs": config.base.runs,
         "seed": config.base.seed, "mode": config.base.mode, "filters": filters.to_dict(),
@@ -170,6 +227,14 @@ def summarise_sweep(config: SweepConfig, per_temperature: dict[float, tuple[dict
         "verdicts": {f"{t:g}": per_temperature[t][0]["verdict"]["type"] for t in temps},
         "tasks": tasks,
     }
+
+
+def derived_note(rows: list[dict]) -> str:
+    """How the derived numbers were computed, in words for the report."""
+    if all("on_set_mass" in (r["derived"] or {}) for r in rows):
+        return ("re-tempered exactly from the T=1 run's recorded item trie (chain rule over each node's T=1 "
+                "child log-probabilities and its normaliser at T)")
+    return "re-tempered exactly from the T=1 run's one-token item log-probabilities (softmax of log p / T)"
 
 
 def response(rows: list[dict], task) -> dict:

@@ -160,5 +160,10 @@ class TaskCatalog:
         if ref.endswith(".toml"):
             return load_task_file(Path(ref))
         if ref not in self.tasks:
+            from deval.validsets import builtin_valid_sets  # deval.validsets builds on this module
+
+            if ref in builtin_valid_sets():
+                raise ConfigError(f"'{ref}' is a valid-set task (for 'deval calibration' and 'deval diversity'); "
+                                  f"profile and sweep need a task with weights: run 'deval tasks' to list them")
             raise ConfigError(f"unknown task '{ref}'; run 'deval tasks' to list them, or pass a .toml path")
         return self.tasks[ref]

@@ -1,22 +1,24 @@
-"""Calibration and diversity runs: configs, the exact model check, and their run files."""
+"""Calibration and diversity runs: configs, the exact model check, and their run files (written as records arrive,
+so an interrupted run resumes where it stopped)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from deval import calibration, diversity
 from deval.backend import Filters
 from deval.calibration import Rule
 from deval.errors import ConfigError
-from deval.exact import ExactModel, Vocab
-from deval.store import MANIFEST, SUMMARY, dump_json
-from deval.validsets import ValidSetTask
+from deval.exact import ExactModel, TaskSession, Vocab
+from deval.store import MANIFEST, SUMMARY, RecordLog, dump_json, read_json
+from deval.validsets import ValidSetTask, valid_set_from_dict
 
-NODES = "nodes.jsonl"
+NODES = "nodes.jsonl"  # calibration: one record per trie node
+SAMPLES = "samples.jsonl"  # calibration and diversity: one record per sampled answer
+EXACT = "exact.jsonl"  # diversity: one record per model, its exact member probabilities
+CALIBRATION_MANIFEST = "deval.calibration-manifest/1"
+DIVERSITY_MANIFEST = "deval.diversity-manifest/1"
 EXACT_METHODS = ("prompt_tokens", "tokenize", "token_bytes", "next_logprobs")
 
 
@@ -28,16 +30,29 @@ def require_exact(engine, backend: str) -> ExactModel:
     return engine
 
 
-def _create_dir(path: Path, manifest: dict) -> Path:
+def create_run_dir(path: Path, manifest: dict) -> Path:
+    """A new run directory holding only its manifest; refuses one that already holds a run."""
     path = Path(path)
     if (path / MANIFEST).exists():
-        raise ConfigError(f"{path} already holds a run; choose a new --out")
+        raise ConfigError(f"{path} already holds a run; pass --resume {path} to finish it, or choose a new --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create run directory {path} ({exc.strerror}); choose another --out") from None
     dump_json(path / MANIFEST, manifest)
     return path
+
+
+def load_manifest(path: Path, schema: str, command: str) -> dict:
+    """The manifest of a run to resume, checked to be one of `command`'s."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"run directory {path} not found; pass the --out directory of an earlier 'deval {command}'")
+    m = read_json(path / MANIFEST)
+    if m.get("schema") != schema:
+        raise ConfigError(f"{path} is not a '{command}' run directory (manifest schema {m.get('schema')}); "
+                          f"resume it with the command that wrote it")
+    return m
 
 
 @dataclass(frozen=True)
@@ -48,27 +63,63 @@ class CalibrationConfig:
     temperature: float = 1.0
     seed: int = 0
     filter_order: str = "filters-first"
+    backend: str = "local"
+    model: str = ""  # the model file the run used (resolved), so a resume opens the same one
+    backend_options: tuple[tuple[str, object], ...] = ()
 
     def to_dict(self) -> dict:
         return {"tasks": [t.to_dict() for t in self.tasks], "rules": [r.to_dict() for r in self.rules],
                 "samples": self.samples, "temperature": self.temperature, "seed": self.seed,
-                "filter_order": self.filter_order}
+                "filter_order": self.filter_order, "backend": self.backend, "model": self.model,
+                "backend_options": dict(self.backend_options)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CalibrationConfig":
+        return cls(tasks=tuple(valid_set_from_dict(t, t.get("source") or "manifest") for t in d["tasks"]),
+                   rules=tuple(Rule.from_dict(r) for r in d["rules"]), samples=int(d["samples"]),
+                   temperature=float(d["temperature"]), seed=int(d["seed"]), filter_order=d["filter_order"],
+                   backend=d.get("backend", "local"), model=d.get("model", ""),
+                   backend_options=tuple(d.get("backend_options", {}).items()))
+
+
+def calibration_manifest(config: CalibrationConfig, backend: dict) -> dict:
+    return {"schema": CALIBRATION_MANIFEST, "config": config.to_dict(), "backend": backend}
+
+
+def load_calibration_config(path: Path) -> CalibrationConfig:
+    return CalibrationConfig.from_dict(load_manifest(path, CALIBRATION_MANIFEST, "calibration")["config"])
 
 
 def run_calibration(config: CalibrationConfig, model: ExactModel, path: Path, backend: dict) -> dict:
-    """Calibrate every task; writes manifest.json, nodes.jsonl (one record per trie node) and summary.json."""
-    path = _create_dir(path, {"schema": "deval.calibration-manifest/1", "config": config.to_dict(),
-                              "backend": backend})
+    """Calibrate every task into `path`, finishing what it lacks; node and sample records are appended as they
+    arrive (nodes.jsonl, samples.jsonl), then summary.json is written."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        create_run_dir(path, calibration_manifest(config, backend))
+    node_log, sample_log = RecordLog(path / NODES), RecordLog(path / SAMPLES)
+    done_nodes, done_samples = node_log.read(), sample_log.read()
+    rules = list(config.rules)
     vocab = Vocab(model)
     tasks = {}
-    with (path / NODES).open("w", encoding="utf-8") as fh:
+    try:
         for task in config.tasks:
-            rng = np.random.default_rng([config.seed, len(tasks)])
-            summary, records = calibration.calibrate(task, model, list(config.rules), config.samples,
-                                                     config.temperature, rng, vocab)
-            for r in records:
-                fh.write(json.dumps(r) + "\n")
-            tasks[task.name] = summary
+            session = TaskSession.open(task, model, vocab)
+            nodes = [r for r in done_nodes if r["task"] == task.name]
+            for r in calibration.node_records(session, rules, config.temperature,
+                                              skip=frozenset(tuple(r["tokens"]) for r in nodes)):
+                node_log.append(r)
+                nodes.append(r)
+            labels = {r.label for r in rules}
+            drawn = [r for r in done_samples if r["task"] == task.name and r["rule"] in labels
+                     and r["index"] < config.samples]
+            for r in calibration.sample_records(session, rules, config.samples, config.temperature, config.seed,
+                                                skip=frozenset((r["rule"], r["index"]) for r in drawn)):
+                sample_log.append(r)
+                drawn.append(r)
+            tasks[task.name] = calibration.summarise(task, nodes, drawn, rules)
+    finally:
+        node_log.close()
+        sample_log.close()
     summary = {"schema": calibration.SCHEMA, "backend": backend.get("name"), "model": backend.get("model"),
                "temperature": config.temperature, "samples": config.samples, "seed": config.seed,
                "filter_order": config.filter_order, "rules": [r.to_dict() for r in config.rules], "tasks": tasks}
@@ -83,6 +134,9 @@ class DiversityConfig:
     temperature: float = 1.0
     filters: Filters = field(default_factory=Filters)
     seed: int = 0
+    backend: str = "local"
+    models: tuple[tuple[str, str], ...] = ()  # (label, model file) per model on the chart, so a resume reopens them
+    backend_options: tuple[tuple[str, object], ...] = ()
 
     @property
     def rule(self) -> Rule:
@@ -92,19 +146,54 @@ class DiversityConfig:
 
     def to_dict(self) -> dict:
         return {"task": self.task.to_dict(), "samples": self.samples, "temperature": self.temperature,
-                "filters": self.filters.to_dict(), "seed": self.seed}
+                "filters": self.filters.to_dict(), "seed": self.seed, "backend": self.backend,
+                "models": [list(m) for m in self.models], "backend_options": dict(self.backend_options)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiversityConfig":
+        return cls(task=valid_set_from_dict(d["task"], d["task"].get("source") or "manifest"),
+                   samples=int(d["samples"]), temperature=float(d["temperature"]), filters=Filters(**d["filters"]),
+                   seed=int(d["seed"]), backend=d.get("backend", "local"),
+                   models=tuple((str(label), str(model)) for label, model in d.get("models", ())),
+                   backend_options=tuple(d.get("backend_options", {}).items()))
+
+
+def diversity_manifest(config: DiversityConfig, backends: dict) -> dict:
+    return {"schema": DIVERSITY_MANIFEST, "config": config.to_dict(), "backends": backends}
+
+
+def load_diversity_config(path: Path) -> DiversityConfig:
+    return DiversityConfig.from_dict(load_manifest(path, DIVERSITY_MANIFEST, "diversity")["config"])
 
 
 def run_diversity(config: DiversityConfig, models: dict[str, ExactModel], path: Path, backends: dict) -> dict:
-    """Distinct-valid curves for each model (same seed for each); writes manifest.json and summary.json."""
-    path = _create_dir(path, {"schema": "deval.diversity-manifest/1", "config": config.to_dict(),
-                              "backends": backends})
+    """Distinct-valid curves for each model (sample i shares its generator across models) into `path`, finishing
+    what it lacks; sample and exact records are appended as they arrive, then summary.json is written."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        create_run_dir(path, diversity_manifest(config, backends))
+    sample_log, exact_log = RecordLog(path / SAMPLES), RecordLog(path / EXACT)
+    done_samples, done_exact = sample_log.read(), exact_log.read()
+    rule = config.rule
     out = {}
-    for label, model in models.items():
-        out[label] = diversity.diversity(config.task, model, config.rule, config.samples, config.temperature,
-                                         np.random.default_rng(config.seed))
+    try:
+        for label, model in models.items():
+            session = TaskSession.open(config.task, model)
+            drawn = [r for r in done_samples if r["model"] == label and r["index"] < config.samples]
+            for r in diversity.sample_records(session, rule, config.samples, config.temperature, config.seed, label,
+                                              skip=frozenset(r["index"] for r in drawn)):
+                sample_log.append(r)
+                drawn.append(r)
+            exact = next((r for r in done_exact if r["model"] == label), None)
+            if exact is None:
+                exact = diversity.exact_record(session, rule, config.temperature, label)
+                exact_log.append(exact)
+            out[label] = diversity.summarise(config.task, drawn, exact)
+    finally:
+        sample_log.close()
+        exact_log.close()
     summary = {"schema": diversity.SCHEMA, "task": config.task.name, "members": len(config.task.members),
                "samples": config.samples, "temperature": config.temperature, "seed": config.seed,
-               "rule": config.rule.to_dict(), "models": out}
+               "rule": rule.to_dict(), "models": out}
     dump_json(path / SUMMARY, summary)
     return summary

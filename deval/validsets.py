@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deval.errors import ConfigError
-from deval.tasks import builtin_tasks_dir
+from deval.tasks import TaskCatalog, builtin_tasks_dir
 
 KIND = "valid-set"
 FIELDS = {"name", "kind", "description", "members", "prompt"}
@@ -76,8 +76,13 @@ def load_valid_set_file(path: Path) -> ValidSetTask:
     return valid_set_from_dict(data, str(path))
 
 
+def builtin_valid_sets_dir() -> Path:
+    """Where the shipped valid-set tasks live: tasks/valid/ next to the weighted tasks."""
+    return builtin_tasks_dir() / "valid"
+
+
 def builtin_valid_sets() -> dict[str, ValidSetTask]:
-    directory = builtin_tasks_dir() / "valid"
+    directory = builtin_valid_sets_dir()
     tasks = [load_valid_set_file(p) for p in sorted(directory.glob("*.toml"))] if directory.is_dir() else []
     return {t.name: t for t in tasks}
 
@@ -88,5 +93,9 @@ def get_valid_set(ref: str) -> ValidSetTask:
         return load_valid_set_file(Path(ref))
     known = builtin_valid_sets()
     if ref not in known:
-        raise ConfigError(f"unknown valid-set task '{ref}'; choose one of {', '.join(known)} or pass a .toml path")
+        weighted = ref in TaskCatalog.load().tasks
+        what = (f"'{ref}' is a weighted task (for profile and sweep), not a valid-set task" if weighted
+                else f"unknown valid-set task '{ref}'")
+        raise ConfigError(f"{what}; run 'deval tasks' to list the valid-set tasks (shipped in "
+                          f"{builtin_valid_sets_dir()}: {', '.join(known)}), or pass a valid-set .toml path")
     return known[ref]

@@ -97,8 +97,7 @@ def test_calibrate_end_to_end_on_the_fake():
     nodes = trie_nodes(Task, model)
     assert {(n.text, n.kind) for n in nodes} == {("", "first"), ("a", "end"), ("o", "end"), ("ae", "end"),
                                                  ("11", "end"), ("13", "end")}
-    summary, records = calibrate(Task, model, rule_grid(top_k=(1, 3), top_p=(0.9,), min_p=(0.1,)), 40, 1.0,
-                                 np.random.default_rng(0))
+    summary, records = calibrate(Task, model, rule_grid(top_k=(1, 3), top_p=(0.9,), min_p=(0.1,)), 40, 1.0, 0)
     assert summary["steps"]["all"]["rules"]["oracle"] == {"precision": 1.0, "recall": 1.0}
     assert summary["sequences"]["oracle"]["validity_rate"] == 1.0
     assert 0 < summary["sequences"]["none"]["validity_rate"] < 1
@@ -138,7 +137,7 @@ def test_curves():
 
 
 def test_diversity_on_the_fake():
-    out = diversity(Task, FakeExact(), Rule("top-k 3", Filters(top_k=3)), 30, 1.0, np.random.default_rng(0))
+    out = diversity(Task, FakeExact(), Rule("top-k 3", Filters(top_k=3)), 30, 1.0, 0)
     assert len(out["observed"]) == 30 and out["observed"] == sorted(out["observed"])
     assert all(e <= i + 1e-9 for e, i in zip(out["expected"], out["ideal"]))
     assert out["distinct_valid"] == out["observed"][-1]

@@ -52,12 +52,18 @@ def test_tasks_and_backends_listings():
     for name in ("extreme", "flat", "uniform-10", "binomial-10", "coin", "colors"):
         assert name in tasks.stdout
     assert "0.7" in tasks.stdout
+    listed = tasks.stdout.split("valid-set tasks")
+    assert len(listed) == 2 and "calibration" in listed[1] and "diversity" in listed[1]
+    for name in ("us-states", "primes-100", "two-digit", "vowels", "letters"):
+        assert name in listed[1] and name not in listed[0]  # marked apart from the weighted tasks
+    assert "50: Alabama" in listed[1]
     backends = run_cli("backends")
     assert "mock" in backends.stdout and "local" in backends.stdout
 
 
 @pytest.mark.parametrize("args, says", [
     (["--task", "nope"], "unknown task 'nope'"),
+    (["--task", "vowels"], "'vowels' is a valid-set task (for 'deval calibration'"),
     (["--backend", "nope"], "unknown backend 'nope'"),
     (["--model", "zz"], "unknown mock model 'zz'"),
     (["--runs", "0"], "--runs must be >= 1"),

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from deval import backends as registry
 from deval.cli import app
 from deval.errors import ConfigError
+from conftest import one_line_error, run_cli
 from exact_fakes import FakeExact
 
 runner = CliRunner()
@@ -71,6 +72,80 @@ def test_bad_input_is_a_config_error(fake):
                                                                          "--filter-order", "random"]):
         r = runner.invoke(app, args)
         assert r.exit_code != 0 and isinstance(r.exception, ConfigError), args
+
+
+def without_passes(summary):
+    """The summary less forward-pass counts: a resumed run re-warms its cache, so it spends more of them."""
+    if isinstance(summary, dict):
+        return {k: without_passes(v) for k, v in summary.items() if k != "forward_passes"}
+    return summary
+
+
+def cut(path, keep, torn=True):
+    """Keep the first `keep` lines of a JSON-lines file, then half a line, as a crash mid-write leaves it."""
+    lines = path.read_text().splitlines()
+    path.write_text("".join(line + "\n" for line in lines[:keep]) + (lines[keep][: len(lines[keep]) // 2]
+                                                                      if torn else ""))
+    return lines
+
+
+def test_calibration_resume_finishes_only_what_is_missing(fake, tmp_path):
+    out = tmp_path / "cal"
+    args = ["calibration", "--task", str(fake), "--samples", "15", "--top-ks", "1,3", "--top-ps", "0.9",
+            "--min-ps", "0.1", "--out", str(out), "--json"]
+    first = json.loads(runner.invoke(app, args).stdout)
+    nodes = cut(out / "nodes.jsonl", 2)
+    samples = cut(out / "samples.jsonl", 40)
+    (out / "summary.json").unlink()
+    r = runner.invoke(app, ["calibration", "--resume", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    resumed = json.loads(r.stdout)
+    assert without_passes(resumed) == without_passes(first) and first["tasks"]["fake"]["forward_passes"] > 0
+    assert json.loads((out / "summary.json").read_text()) == resumed
+    # finished records are kept as they were and not redone (a redone one would be appended twice)
+    again = (out / "nodes.jsonl").read_text().splitlines()
+    assert again[:2] == nodes[:2] and len(again) == len(nodes) == len({json.dumps(json.loads(x)["tokens"])
+                                                                        for x in again})
+    again = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert again[:40] == [json.loads(x) for x in samples[:40]]
+    assert len(again) == len(samples) == 15 * 6 and len({(r["rule"], r["index"]) for r in again}) == 15 * 6
+    # a second resume has nothing left to do and gives the same summary
+    assert json.loads(runner.invoke(app, ["calibration", "--resume", str(out), "--json"]).stdout) == resumed
+
+
+def test_diversity_resume_finishes_only_what_is_missing(fake, tmp_path):
+    out = tmp_path / "div"
+    args = ["diversity", "--task", str(fake), "--samples", "20", "--model", "a", "--compare", "e", "--out", str(out),
+            "--json"]
+    first = json.loads(runner.invoke(app, args).stdout)
+    samples = cut(out / "samples.jsonl", 25)  # model a done, model e 5 of 20 and a torn line
+    exact = cut(out / "exact.jsonl", 1, torn=False)  # model a's exact record kept, e's lost
+    (out / "summary.json").unlink()
+    r = runner.invoke(app, ["diversity", "--resume", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    resumed = json.loads(r.stdout)
+    assert without_passes(resumed) == without_passes(first)
+    assert len((out / "samples.jsonl").read_text().splitlines()) == len(samples) == 40
+    assert len((out / "exact.jsonl").read_text().splitlines()) == len(exact) == 2
+
+
+def test_resume_errors(fake, tmp_path):
+    out = tmp_path / "cal"
+    assert runner.invoke(app, ["calibration", "--task", str(fake), "--samples", "2", "--out", str(out)]).exit_code == 0
+    again = runner.invoke(app, ["calibration", "--task", str(fake), "--samples", "2", "--out", str(out)])
+    assert isinstance(again.exception, ConfigError) and f"--resume {out}" in str(again.exception)
+    wrong = runner.invoke(app, ["diversity", "--resume", str(out)])
+    assert isinstance(wrong.exception, ConfigError) and "not a 'diversity' run directory" in str(wrong.exception)
+    missing = runner.invoke(app, ["calibration", "--resume", str(tmp_path / "none")])
+    assert isinstance(missing.exception, ConfigError) and "not found" in str(missing.exception)
+
+
+@pytest.mark.parametrize("name, says", [("nope", "unknown valid-set task 'nope'"),
+                                         ("flat", "'flat' is a weighted task (for profile and sweep)")])
+def test_unknown_valid_set_names_say_where_to_look(name, says):
+    line = one_line_error(run_cli("calibration", "--task", name))
+    assert says in line and "run 'deval tasks'" in line and "tasks/valid" in line
+    assert "us-states" in line and ".toml path" in line
 
 
 def test_a_backend_without_exact_distributions_is_refused(tmp_path):

@@ -9,7 +9,8 @@ from deval.calibration import calibrate, rule_grid
 from deval.diversity import diversity
 from deval.calibration import Rule
 from deval.profile import ProfileConfig
-from deval.sweep import SweepConfig, run_sweep
+from deval.store import RunDir
+from deval.sweep import SweepConfig, run_sweep, temperature_dir, trie_item_probs
 from deval.tasks import TaskCatalog
 from deval.validsets import get_valid_set
 
@@ -52,9 +53,27 @@ def test_sweep_end_to_end(backend, tmp_path):
     assert proc.returncode == 0 and "temperature sweep" in proc.stdout
 
 
+def test_sweep_derives_multi_token_items_exactly_on_the_real_model(backend, tmp_path):
+    """flat's " 7" is " " then "7" in SmolLM2: step 0 (same context at every T) re-tempered from the T=1 trie record
+    equals what each temperature's run measured, item by item and in every derived summary number."""
+    task = TaskCatalog.load().get("flat")
+    assert len(backend.tokenize(" 7")) == 2
+    temps = (0.5, 1.0, 2.0)
+    config = SweepConfig(ProfileConfig(backend="local", model=backend.model, tasks=(task,), runs=1, steps=1), temps)
+    summary = run_sweep(config, backend, tmp_path)
+    record = RunDir(tmp_path / "T1").steps()[0].trie_logprobs
+    assert record is not None and len(record.nodes) >= 2  # the root and at least the " " node
+    for t in temps:
+        measured = RunDir(tmp_path / temperature_dir(t)).steps()[0]
+        assert np.max(np.abs(trie_item_probs(record, len(task.items), t) - np.array(measured.probs))) < 1e-9
+    for r in summary["tasks"]["flat"]["rows"]:
+        for key in ("e_score", "atvd", "entropy", "on_set_mass"):
+            assert r["derived"][key]["mean"] == pytest.approx(r["measured"][key]["mean"], abs=1e-9), (r, key)
+
+
 def test_calibration_table(backend):
     rules = rule_grid(top_k=(1, 5, 50), top_p=(0.9,), min_p=(0.1,))
-    summary, records = calibrate(get_valid_set("vowels"), backend, rules, 8, 1.0, np.random.default_rng(0))
+    summary, records = calibrate(get_valid_set("vowels"), backend, rules, 8, 1.0, 0)
     steps = summary["steps"]["all"]
     assert steps["rules"]["oracle"] == {"precision": 1.0, "recall": 1.0}
     assert summary["sequences"]["oracle"]["validity_rate"] == 1.0
@@ -67,7 +86,7 @@ def test_calibration_table(backend):
 
 
 def test_diversity_never_exceeds_the_ideal_curve(backend):
-    out = diversity(get_valid_set("primes-100"), backend, Rule("none"), 30, 1.0, np.random.default_rng(0))
+    out = diversity(get_valid_set("primes-100"), backend, Rule("none"), 30, 1.0, 0)
     assert all(e <= i + 1e-9 for e, i in zip(out["expected"], out["ideal"]))
     n = np.arange(1, 31)
     assert np.all(np.array(out["observed"]) <= np.minimum(n, 25))

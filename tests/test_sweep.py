@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from deval.backend import Filters, Step
+from deval.backend import Filters, Step, TrieLogprobs
 from deval.backends.mock import MockBackend
 from deval.cli import app
 from deval.profile import ProfileConfig
 from deval.sampling import with_temperature
-from deval.sweep import SCHEMA, SweepConfig, derived_p_token, parse_temperatures, run_sweep
-from deval.tasks import TaskCatalog
+from deval.store import RunDir
+from deval.sweep import SCHEMA, SweepConfig, derived_p_token, parse_temperatures, run_sweep, trie_item_probs
+from deval.tasks import TaskCatalog, task_from_dict
 from deval.errors import ConfigError
+from exact_fakes import FakeTrieBackend
 
 runner = CliRunner()
 
@@ -68,6 +70,54 @@ def test_no_derived_numbers_without_t1_or_with_filters(tmp_path):
     assert all(r["derived"] is None for r in s["tasks"]["extreme"]["rows"])
     cover = [r["measured"]["kept_coverage"]["mean"] for r in s["tasks"]["extreme"]["rows"]]
     assert all(c < 1.0 for c in cover)  # top-2 of 4 items drops part of P_task
+
+
+TENS = task_from_dict({"name": "tens", "items": ["1", "2", "3", "10"], "weights": [0.4, 0.2, 0.2, 0.2],
+                       "prompt": "{steps} numbers from {items}: {distribution}"}, "test")
+
+
+@pytest.mark.parametrize("temperature", [0.3, 0.5, 1.0, 1.7, 2.0])
+def test_trie_record_gives_the_brute_force_item_probabilities(temperature):
+    fake = FakeTrieBackend()
+    children, ends = fake.trie(TENS.items)
+    for seed, step in ((1, 0), (2, 5)):
+        rows = {node: fake.row(seed, step, node) for node in children}
+        record = TrieLogprobs.from_rows(children, ends, rows, (0.3, 0.5, 1.0, 1.7, 2.0))
+        expected = fake.brute_force(TENS.items, seed, step, temperature)
+        assert np.all(expected > 0) and expected.sum() < 1  # mass goes off the set; "1" competes with "10"
+        np.testing.assert_allclose(trie_item_probs(record, 4, temperature), expected, rtol=0, atol=1e-12)
+    assert trie_item_probs(record, 4, 0.9) is None  # a temperature that was not recorded
+
+
+def test_sweep_derives_multi_token_items_exactly(tmp_path):
+    """Every derived number equals the measured one at every temperature (the fake's rows ignore its samples)."""
+    cfg = SweepConfig(ProfileConfig(backend="fake", model="fake-trie", tasks=(TENS,), runs=2, steps=3),
+                      (0.5, 1.0, 2.0))
+    summary = run_sweep(cfg, FakeTrieBackend(), tmp_path)
+    task = summary["tasks"]["tens"]
+    assert "item trie" in task["derived_note"]
+    for r in task["rows"]:
+        for key in ("e_score", "atvd", "entropy", "on_set_mass"):
+            assert r["derived"][key]["mean"] == pytest.approx(r["measured"][key]["mean"], abs=1e-9), (r, key)
+    assert task["best_temperature_derived"] == task["best_temperature"]
+    # only the T=1 run records the trie, at the sweep's temperatures; the other runs' records stay lean
+    t1 = RunDir(tmp_path / "T1").steps()
+    assert all(s.trie_logprobs.temperatures == (0.5, 1.0, 2.0) for s in t1)
+    assert all(s.trie_logprobs is None for s in RunDir(tmp_path / "T2").steps())
+    manifest = json.loads((tmp_path / "T1" / "manifest.json").read_text())
+    assert manifest["config"]["derive_temperatures"] == [0.5, 1.0, 2.0]
+    assert "derive_temperatures" not in json.loads((tmp_path / "T2" / "manifest.json").read_text())["config"]
+
+
+def test_trie_record_round_trips_through_the_steps_file():
+    fake = FakeTrieBackend()
+    children, ends = fake.trie(TENS.items)
+    record = TrieLogprobs.from_rows(children, ends, {n: fake.row(0, 0, n) for n in children}, (0.5, 2.0))
+    s = Step("tens", 0, 0, (0.1, 0.2, 0.3, 0.1), 1, "2", trie_logprobs=record)
+    back = Step.from_record(json.loads(json.dumps(s.to_record())))
+    assert back == s and trie_item_probs(back.trie_logprobs, 4, 2.0).tolist() == \
+        trie_item_probs(record, 4, 2.0).tolist()
+    assert "trie_logprobs" not in Step("t", 0, 0, (1.0,), 0, "1").to_record()
 
 
 def test_step_record_round_trip_and_old_records():

@@ -18,7 +18,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama, llama_chat_format
 
-from deval.backend import RunSpec, Step
+from deval.backend import RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, BackendUnavailable, ConfigError
 from deval.sampling import draw, log_softmax, sampling_logprobs
 
@@ -231,11 +231,12 @@ class LocalBackend:
         return rows
 
     def _item_distribution(self, context: tuple[int, ...], trie: ItemTrie, spec: RunSpec,
-                           root_rows: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+                           root_rows: list[np.ndarray]) -> tuple[np.ndarray, dict, dict]:
         """p_t(item) under the sampling distribution, by the chain rule down the trie.
 
         An item that is also a prefix of another item ('1' and '10') counts only the mass that does not go on
-        into the longer item. Returns the item probabilities and the sampling log-probs at each trie node.
+        into the longer item. Returns the item probabilities, the sampling log-probs at each trie node and the
+        T=1 log-probs at each trie node.
         """
         lookahead = trie.lookahead()
         node_rows = {lookahead[:i]: row for i, row in enumerate(root_rows)}
@@ -243,7 +244,7 @@ class LocalBackend:
         for node in [()] + trie.interior():
             row = node_rows.get(node)
             if row is None:
-                row = self._evaluate(context + node)[0]
+                row = node_rows[node] = self._evaluate(context + node)[0]
             dists[node] = sampling_logprobs(row, spec.temperature, spec.filters)
         probs = np.zeros(len(spec.task.items))
 
@@ -259,7 +260,7 @@ class LocalBackend:
                 probs[trie.ends[node]] += mass * (1.0 - going_on if node in trie.children else 1.0)
 
         walk((), 1.0)
-        return probs, dists
+        return probs, dists, node_rows
 
     def _sample_item(self, trie: ItemTrie, dists: dict, rng: np.random.Generator) -> tuple[tuple[int, ...], int | None]:
         """Sample tokens down the trie from the same distributions; returns the path and the item (or None)."""
@@ -288,11 +289,14 @@ class LocalBackend:
         lookahead = trie.lookahead()
         for t in range(spec.steps):
             rows = self._evaluate(context, lookahead)
-            probs, dists = self._item_distribution(context, trie, spec, rows)
+            probs, dists, node_rows = self._item_distribution(context, trie, spec, rows)
             path, item = self._sample_item(trie, dists, rng)
             text = b"".join(self._pieces[tok] for tok in path).decode("utf-8", "replace")
+            record = (TrieLogprobs.from_rows(trie.children, trie.ends, node_rows, spec.derive_temperatures)
+                      if spec.derive_temperatures else None)
             yield Step(task=task.name, run=spec.run, step=t, probs=tuple(probs.tolist()), sampled=item,
-                       text=text, final=t == spec.steps - 1, item_logprobs=item_logprobs(trie, rows[0], len(task.items)))
+                       text=text, final=t == spec.steps - 1, trie_logprobs=record,
+                       item_logprobs=item_logprobs(trie, rows[0], len(task.items)))
             if spec.mode == "sequence":
                 # an off-set draw is recorded as invalid; the separator is written in its place, so every run
                 # has `steps` positions and the model keeps its own earlier items in view
