@@ -144,9 +144,8 @@ def calibration(
     from deval.calibration import rule_grid
     from deval.cli import backend_options, check_range, out
     from deval.report_dynamics import render_calibration
-    from deval.store import dumps
-    from deval.validity_runs import (CalibrationConfig, calibration_manifest, create_run_dir,
-                                     load_calibration_config, run_calibration)
+    from deval.store import create_run_dir, dumps
+    from deval.validity_runs import CalibrationConfig, calibration_manifest, load_calibration_config, run_calibration
     from deval.validsets import get_valid_set
 
     if resume is not None:
@@ -205,9 +204,8 @@ def diversity(
     """Distinct valid outputs against samples drawn, next to the ideal uniform sampler's curve."""
     from deval.cli import backend_options, check_range, out
     from deval.report_dynamics import render_diversity
-    from deval.store import dumps
-    from deval.validity_runs import (DiversityConfig, create_run_dir, diversity_manifest, load_diversity_config,
-                                     run_diversity)
+    from deval.store import create_run_dir, dumps
+    from deval.validity_runs import DiversityConfig, diversity_manifest, load_diversity_config, run_diversity
     from deval.validsets import get_valid_set
 
     if resume is not None:

@@ -53,6 +53,19 @@ def read_json(path: Path) -> dict:
         raise ConfigError(f"{path} cannot be read ({exc}); the run directory is damaged") from None
 
 
+def create_run_dir(path: Path, manifest: dict) -> Path:
+    """A new run directory holding only its manifest; refuses one that already holds a run."""
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        raise ConfigError(f"{path} already holds a run; pass --resume {path} to finish it, or choose a new --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {path} ({exc.strerror}); choose another --out") from None
+    dump_json(path / MANIFEST, manifest)
+    return path
+
+
 class RunDir:
     """One run directory. Steps are appended one JSON line each and flushed, so a crash loses nothing written."""
 
@@ -62,16 +75,8 @@ class RunDir:
 
     @classmethod
     def create(cls, path: Path, manifest: dict) -> "RunDir":
-        path = Path(path)
-        if (path / MANIFEST).exists():
-            raise ConfigError(f"{path} already holds a run; pass --resume {path} to finish it, or choose a new --out")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create run directory {path} ({exc.strerror}); choose another --out") from None
-        run_dir = cls(path)
-        dump_json(path / MANIFEST, manifest)
-        (path / STEPS).touch()
+        run_dir = cls(create_run_dir(path, manifest))
+        (run_dir.path / STEPS).touch()
         return run_dir
 
     @classmethod

@@ -14,7 +14,7 @@ from deval import metrics
 from deval.backend import Backend, Step, TrieLogprobs
 from deval.errors import ConfigError
 from deval.profile import ProfileConfig, manifest, run_profile
-from deval.store import MANIFEST, SUMMARY, RunDir, dump_json, read_json
+from deval.store import MANIFEST, SUMMARY, RunDir, create_run_dir, dump_json, read_json
 from deval.summary import TaskArrays, bootstrap_stat
 
 SCHEMA = "deval.sweep/1"
@@ -68,15 +68,7 @@ def sweep_manifest(config: SweepConfig, backend: Backend) -> dict:
 
 
 def create_sweep_dir(path: Path, config: SweepConfig, backend: Backend) -> Path:
-    path = Path(path)
-    if (path / MANIFEST).exists():
-        raise ConfigError(f"{path} already holds a run; pass --resume {path} to finish it, or choose a new --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create run directory {path} ({exc.strerror}); choose another --out") from None
-    dump_json(path / MANIFEST, sweep_manifest(config, backend))
-    return path
+    return create_run_dir(path, sweep_manifest(config, backend))
 
 
 def load_sweep_config(path: Path) -> SweepConfig:

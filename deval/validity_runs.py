@@ -11,7 +11,7 @@ from deval.backend import Filters
 from deval.calibration import Rule
 from deval.errors import ConfigError
 from deval.exact import ExactModel, TaskSession, Vocab
-from deval.store import MANIFEST, SUMMARY, RecordLog, dump_json, read_json
+from deval.store import MANIFEST, SUMMARY, RecordLog, create_run_dir, dump_json, read_json
 from deval.validsets import ValidSetTask, valid_set_from_dict
 
 NODES = "nodes.jsonl"  # calibration: one record per trie node
@@ -28,19 +28,6 @@ def require_exact(engine, backend: str) -> ExactModel:
         raise ConfigError(f"the {backend} backend gives no exact next-token distributions over its vocabulary; "
                           f"calibration and diversity need --backend local")
     return engine
-
-
-def create_run_dir(path: Path, manifest: dict) -> Path:
-    """A new run directory holding only its manifest; refuses one that already holds a run."""
-    path = Path(path)
-    if (path / MANIFEST).exists():
-        raise ConfigError(f"{path} already holds a run; pass --resume {path} to finish it, or choose a new --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create run directory {path} ({exc.strerror}); choose another --out") from None
-    dump_json(path / MANIFEST, manifest)
-    return path
 
 
 def load_manifest(path: Path, schema: str, command: str) -> dict:
