@@ -66,10 +66,12 @@ def _token_at(offsets: list[int], byte: int) -> int:
     return lo
 
 
-def _fields(text: bytes, sep: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each non-blank field between separators or newlines, whitespace trimmed."""
+def _fields(text: bytes, sep: bytes, spaces: bool = False) -> list[tuple[int, int]]:
+    """(start, end) of each non-blank field between separators or newlines (or any whitespace), trimmed."""
     out, start = [], 0
-    pattern = re.compile(re.escape(sep) + b"|\n") if sep else re.compile(b"\n")
+    breaks = [re.escape(sep)] if sep else []
+    breaks.append(rb"\s+" if spaces else b"\n")
+    pattern = re.compile(b"|".join(breaks))
     for m in list(pattern.finditer(text)) + [None]:
         end = m.start() if m else len(text)
         s, e = start, end
@@ -86,6 +88,7 @@ def _fields(text: bytes, sep: bytes) -> list[tuple[int, int]]:
 def find_positions(choice: Choice, items: tuple[str, ...], separator: str, limit: int) -> tuple[list[Position], tuple[str, ...]]:
     """Item positions in a generated sequence (at most `limit`), and flags about the walk.
 
+    Fields are split at the separator and newlines, and at any whitespace when no item contains whitespace.
     Fields before the first item are a preamble (skipped, flagged); a preamble's last word may be the first item
     ("Here they are: 2"). After that every field is a position, an item or off-set. A field cut off by the
     length limit at the very end is dropped: it may be an unfinished item.
@@ -99,7 +102,8 @@ def find_positions(choice: Choice, items: tuple[str, ...], separator: str, limit
     sep = separator.encode()
     encoded = [x.encode() for x in items]
     index = {x: i for i, x in enumerate(encoded)}
-    fields = _fields(text, sep)
+    spaces = not any(ch.isspace() for x in items for ch in x)  # "1 2 3" is a sequence too, unless items have spaces
+    fields = _fields(text, sep, spaces)
     if fields and choice.finish_reason == "length" and fields[-1][1] == len(text.rstrip(WHITESPACE)):
         fields = fields[:-1]
     alternation = b"|".join(re.escape(x) for x in sorted(encoded, key=len, reverse=True))
@@ -112,11 +116,11 @@ def find_positions(choice: Choice, items: tuple[str, ...], separator: str, limit
         last = n == len(fields) - 1
         item = index.get(field, index.get(field[:-1]) if last and field.endswith(b".") else None)
         if not positions and item is None:
+            flags.append("preamble")
             m = tail_item.search(field)
             if m is None:
                 continue
             s, item = s + m.start(1), index[m.group(1)]
-            flags.append("preamble")
         positions.append(Position(_token_at(offsets, s), text[s:e].decode("utf-8", "replace"), item))
     return positions, tuple(dict.fromkeys(flags))
 
