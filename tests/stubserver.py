@@ -85,6 +85,7 @@ class Stub:
 
     faults: list[str] = field(default_factory=list)
     retry_after: str = "1"
+    delay: float = 0.0  # seconds before every answer
     port: int = 0
     requests: list[dict] = field(default_factory=list)
     served: int = 0
@@ -105,6 +106,8 @@ class Stub:
                 body = json.loads(raw) if raw else {}
                 self.requests.append({"method": method, "path": path, "headers": headers, "body": body})
                 fault = self.faults.pop(0) if self.faults else None
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 if fault == "reset":
                     writer.transport.abort()
                     return
@@ -143,8 +146,8 @@ class Stub:
 class StubServer:
     """Runs a Stub in a background thread; use as a context manager (always stopped on exit)."""
 
-    def __init__(self, faults: list[str] | None = None, retry_after: str = "1"):
-        self.stub = Stub(faults=list(faults or []), retry_after=retry_after)
+    def __init__(self, faults: list[str] | None = None, retry_after: str = "1", delay: float = 0.0):
+        self.stub = Stub(faults=list(faults or []), retry_after=retry_after, delay=delay)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
