@@ -179,10 +179,13 @@ class StubServer:
 
 
 def main() -> None:
-    """Run the stub in the foreground: python tests/stubserver.py [fault ...] (prints the URL)."""
+    """Run the stub in the foreground: python tests/stubserver.py [--delay S] [fault ...] (prints the URL)."""
     import sys
 
-    with StubServer(sys.argv[1:]) as stub:
+    args, delay = sys.argv[1:], 0.0
+    if args[:1] == ["--delay"]:
+        delay, args = float(args[1]), args[2:]
+    with StubServer(args, delay=delay) as stub:
         print(stub.url, flush=True)
         threading.Event().wait()
 

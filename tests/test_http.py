@@ -126,7 +126,7 @@ def post(responses, policy=RetryPolicy(budget_s=60, base_s=0.5), check=lambda d:
     async def go():
         async with httpx.AsyncClient(base_url="http://s.test/v1/") as client:
             t = Transport(client, policy, np.random.default_rng(0), api_key_env="K", sleep=fake.sleep, clock=fake.clock)
-            return await t.post("chat/completions", {"x": 1}, check)
+            return (await t.post("chat/completions", {"x": 1}, check))[0]
 
     with respx.mock:
         route = respx.post("http://s.test/v1/chat/completions").mock(side_effect=responses)

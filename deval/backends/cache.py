@@ -76,10 +76,12 @@ class ResponseCache:
         self.hits += 1
         return record["response"]
 
-    def put(self, key: str, response: dict) -> None:
+    def put(self, key: str, response: bytes) -> None:
+        """Store a response body as the server sent it (valid JSON; raw newlines can only be whitespace)."""
         if self._fd is None:
             return
-        line = json.dumps({"key": key, "response": response}, separators=(",", ":")).encode() + b"\n"
+        flat = response.strip().replace(b"\r", b" ").replace(b"\n", b" ")
+        line = b'{"key":"' + key.encode() + b'","response":' + flat + b"}\n"
         offset = os.lseek(self._fd, 0, os.SEEK_END)
         os.write(self._fd, line)
         self._index[key] = (offset, len(line) - 1)

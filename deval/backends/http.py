@@ -122,8 +122,9 @@ class Transport:
         self.clock = clock
         self.retries = 0
 
-    async def post(self, route: str, body: dict, check: Callable[[dict], None] = lambda data: None) -> dict:
-        """The parsed JSON answer to POST route; check(data) may raise Transient to ask again."""
+    async def post(self, route: str, body: dict,
+                   check: Callable[[dict], None] = lambda data: None) -> tuple[dict, bytes]:
+        """The parsed JSON answer to POST route and its raw bytes; check(data) may raise Transient to ask again."""
         start = self.clock()
         attempt = 0
         while True:
@@ -144,7 +145,7 @@ class Transport:
                 self.retries += 1
                 await self.sleep(wait)
 
-    async def _once(self, route: str, body: dict, check: Callable[[dict], None]) -> dict:
+    async def _once(self, route: str, body: dict, check: Callable[[dict], None]) -> tuple[dict, bytes]:
         try:
             response = await self.client.post(route, json=body)
         except httpx.TimeoutException as exc:
@@ -164,4 +165,4 @@ class Transport:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise Transient(f"the body is not complete JSON ({len(response.content)} bytes)") from None
         check(data)
-        return data
+        return data, response.content

@@ -237,8 +237,8 @@ class OpenAIBackend:
             parsed[:] = choices
 
         self.requests += 1
-        data = await transport.post(path_for(route), body, check)
-        self.cache.put(key, data)
+        _, raw = await transport.post(path_for(route), body, check)
+        self.cache.put(key, raw)
         return parsed
 
     def _steps(self, spec: RunSpec, choice_positions: list[tuple[Choice, Position | None]], walk_flags=()) -> list[Step]:

@@ -54,7 +54,7 @@ def path_for(route: str) -> str:
 
 
 async def _first_top(transport: Transport, route: str, body: dict) -> tuple[dict[str, float], str, int]:
-    data = await transport.post(path_for(route), body)
+    data, _ = await transport.post(path_for(route), body)
     choices = parse_response(data)
     if not choices[0].tokens:
         raise NoLogprobs("no tokens came back")
