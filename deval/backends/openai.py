@@ -245,8 +245,6 @@ class OpenAIBackend:
         caps = self.capabilities()
         raw = caps.logprobs != "processed"
         extra = tuple(walk_flags) + (("logprobs-kind-unknown",) if caps.logprobs == "unknown" else ())
-        if caps.keyed_by and "text" in caps.keyed_by.values():
-            extra += ("text-keyed",)
         steps = []
         task = spec.task
         for t, (choice, pos) in enumerate(choice_positions):
@@ -257,8 +255,10 @@ class OpenAIBackend:
                 continue
             view = item_view(choice.tokens[pos.token], task.items, task.separator, spec.temperature, spec.filters,
                              raw=raw)
+            keyed = ("text-keyed",) if choice.keyed_by == "text" else ()  # text keys can collapse two tokens
             steps.append(Step(task=task.name, run=spec.run, step=t, probs=view.probs, sampled=pos.item, text=pos.text,
-                              tail=view.tail, missing=view.missing, flags=extra + view.flags, tail_cap=view.tail_cap))
+                              tail=view.tail, missing=view.missing, flags=extra + keyed + view.flags,
+                              tail_cap=view.tail_cap))
         if steps:
             last = steps[-1]
             short = ("short-run",) if len(steps) < spec.steps else ()
