@@ -112,7 +112,8 @@ class Step:
     probs[i] is p_t(item i) under the distribution the sampler draws from (temperature and filters applied).
     Where a backend sees only a top-k, `tail` is the mass it could not see: each item's true probability
     lies in [probs[i], probs[i] + tail] (and the tail's total is shared), `missing` lists items absent from
-    the visible top-k. An exact backend reports tail 0.
+    the visible top-k, and `tail_cap` (when known) is the most one unseen token can hold (the smallest visible
+    probability), so a missing item gains at most min(tail_cap, tail). An exact backend reports tail 0.
     `sampled` is the index of the item the model produced, or None when it produced something off the set.
     `item_logprobs`, where a backend can give it, holds per item the T=1 log-probabilities (no filters) of the
     single tokens that spell it at this step; from these P_token at any temperature follows exactly
@@ -133,12 +134,14 @@ class Step:
     flags: tuple[str, ...] = ()
     item_logprobs: tuple[tuple[float, ...], ...] | None = None
     trie_logprobs: TrieLogprobs | None = None
+    tail_cap: float | None = None
 
     def to_record(self) -> dict:
         record = {
             "task": self.task, "run": self.run, "step": self.step, "probs": list(self.probs),
             "on_set_mass": float(sum(self.probs)), "sampled": self.sampled, "text": self.text,
             "final": self.final, "tail": self.tail, "missing": list(self.missing), "flags": list(self.flags),
+            "tail_cap": self.tail_cap,
         }
         if self.item_logprobs is not None:
             record["item_logprobs"] = [list(x) for x in self.item_logprobs]
@@ -151,7 +154,7 @@ class Step:
         return cls(task=r["task"], run=int(r["run"]), step=int(r["step"]), probs=tuple(r["probs"]),
                    sampled=r["sampled"], text=r.get("text", ""), final=bool(r.get("final", False)),
                    tail=float(r.get("tail", 0.0)), missing=tuple(r.get("missing", ())),
-                   flags=tuple(r.get("flags", ())),
+                   flags=tuple(r.get("flags", ())), tail_cap=r.get("tail_cap"),
                    item_logprobs=None if r.get("item_logprobs") is None
                    else tuple(tuple(float(v) for v in x) for x in r["item_logprobs"]),
                    trie_logprobs=None if r.get("trie_logprobs") is None

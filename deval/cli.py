@@ -74,6 +74,18 @@ def profile(
     threads: Optional[int] = typer.Option(None, help="local: CPU threads."),
     ctx: Optional[int] = typer.Option(None, help="local: context size in tokens."),
     raw_prompt: bool = typer.Option(False, "--raw-prompt", help="local: plain text prompt, no chat template."),
+    # -- OpenAI-compatible backends (openai and the presets in 'deval backends') --
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="http: server URL, e.g. http://127.0.0.1:8000/v1."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="http: environment variable with the API key."),
+    concurrency: Optional[int] = typer.Option(None, help="http: requests in flight at once (default 16)."),
+    route: Optional[str] = typer.Option(None, help="http: chat | completions (default: the preset's)."),
+    top_logprobs: Optional[int] = typer.Option(None, "--top-logprobs", help="http: top-k logprobs to ask for."),
+    timeout: Optional[float] = typer.Option(None, help="http: seconds per request attempt (default 120)."),
+    retry_budget: Optional[float] = typer.Option(None, "--retry-budget", help="http: seconds of retrying per request."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="http: generation limit per request."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="http: response cache (default ~/.cache/deval)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="http: do not read or write the response cache."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="http: trust the preset instead of probing the endpoint."),
 ) -> None:
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
     if resume is not None:
@@ -92,7 +104,11 @@ def profile(
         check_range("--min-p", min_p, lo=0, hi=1)
         catalog = TaskCatalog.load(list(tasks_dir))
         chosen = tuple(catalog.get(ref) for ref in dict.fromkeys(task))
-        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, ctx=ctx, raw_prompt=raw_prompt)
+        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, ctx=ctx, raw_prompt=raw_prompt,
+                                  base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, route=route,
+                                  top_logprobs=top_logprobs, timeout=timeout, retry_budget=retry_budget,
+                                  max_tokens=max_tokens, cache_dir=str(cache_dir) if cache_dir else None,
+                                  no_cache=no_cache, no_probe=no_probe)
         config = ProfileConfig(backend=backend, model=model or "", tasks=chosen, runs=runs, steps=steps,
                                temperature=temperature, seed=seed, mode=mode,
                                filters=Filters(top_k=top_k, top_p=top_p, min_p=min_p, order=filter_order),
@@ -176,10 +192,18 @@ def list_backends() -> None:
     table.add_column("what it is")
     for name, about in registry.DESCRIPTIONS.items():
         table.add_row(name, about)
+    for name, preset in registry.server_presets().items():  # server presets of the openai backend
+        if name not in registry.DESCRIPTIONS:
+            table.add_row(name, f"preset: {preset.description} · {preset.base_url} · {preset.route}, "
+                                f"top-{preset.top_logprobs_cap}")
     out.print(table)
 
 
 register_dynamics(app)
+
+from deval.cli_probe import probe_command  # noqa: E402  (the probe command lives in its own module)
+
+app.command("probe")(probe_command)
 
 
 def main() -> None:

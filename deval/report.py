@@ -70,6 +70,19 @@ def heat_strip(task: Task, steps: list[Step], run: int | None = None) -> Table:
     return table
 
 
+def tail_bounds_line(s: dict) -> Text:
+    """Where ATVD and e-score could lie given the unseen tail: [best, worst] next to the point value."""
+    parts = []
+    for key, bounds, label in (("atvd", "atvd_bounds", "ATVD"), ("e_score", "e_score_bounds", "e-score")):
+        if bounds in s:
+            lo, hi = s[bounds]
+            parts.append(f"{label} {fmt(s[key]['mean'])} in [{fmt(lo)}, {fmt(hi)}]")
+    missing = s.get("missing_rate")
+    if missing is not None and not (isinstance(missing, float) and math.isnan(missing)):
+        parts.append(f"{missing:.0%} of positions miss an item from the top-k")
+    return Text("with the tail anywhere: " + "; ".join(parts), style="yellow")
+
+
 def task_panel(task: Task, s: dict, steps: list[Step] | None, filtered: bool = False) -> Panel:
     table = Table(show_header=True, header_style="bold", expand=False)
     table.add_column("metric")
@@ -95,6 +108,7 @@ def task_panel(task: Task, s: dict, steps: list[Step] | None, filtered: bool = F
     if s.get("tail_mass", {}).get("mean", 0) and s["tail_mass"]["mean"] > 0:
         body.append(Text(f"unseen tail mass per step: {fmt(s['tail_mass']['mean'])} (top-k only; see intervals)",
                          style="yellow"))
+        body.append(tail_bounds_line(s))
     if s.get("flags"):
         body.append(Text("flags: " + ", ".join(s["flags"]), style="yellow"))
     counts = s["counts"]

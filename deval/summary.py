@@ -18,12 +18,18 @@ VERDICT_TASK = "flat"  # the paper classifies on the flat task at temperature 1
 
 @dataclass(frozen=True)
 class TaskArrays:
-    """Steps of one task as padded arrays: probs [R, T, K], sampled [R, T], tail [R, T]."""
+    """Steps of one task as padded arrays: probs [R, T, K], sampled [R, T], tail [R, T].
+
+    missing [R, T, K] marks items absent from a visible top-k; tail_cap [R, T] is the most one unseen token can
+    hold (the tail itself where a backend does not say).
+    """
 
     probs: np.ndarray
     sampled: np.ndarray
     tail: np.ndarray
     flags: tuple[str, ...]
+    missing: np.ndarray | None = None
+    tail_cap: np.ndarray | None = None
 
     @classmethod
     def from_steps(cls, task: Task, steps: list[Step]) -> "TaskArrays":
@@ -34,14 +40,19 @@ class TaskArrays:
         probs = np.full((len(runs), t_max, k), np.nan)
         sampled = np.full((len(runs), t_max), metrics.PAD, dtype=int)
         tail = np.zeros((len(runs), t_max))
+        missing = np.zeros((len(runs), t_max, k), dtype=bool)
+        tail_cap = np.zeros((len(runs), t_max))
         flags: set[str] = set()
         for s in steps:
             i = index[s.run]
             probs[i, s.step] = s.probs
             sampled[i, s.step] = metrics.INVALID if s.sampled is None else s.sampled
             tail[i, s.step] = s.tail
+            missing[i, s.step, list(s.missing)] = True
+            tail_cap[i, s.step] = s.tail if s.tail_cap is None else s.tail_cap
             flags.update(s.flags)
-        return cls(probs=probs, sampled=sampled, tail=tail, flags=tuple(sorted(flags)))
+        return cls(probs=probs, sampled=sampled, tail=tail, flags=tuple(sorted(flags)), missing=missing,
+                   tail_cap=tail_cap)
 
 
 def bootstrap_stat(per_run: np.ndarray, rng: np.random.Generator) -> dict:
@@ -86,7 +97,22 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
                                     rng),
         "flags": list(arrays.flags),
     }
+    summary.update(_tail_bounds(arrays, p_task))
     return summary
+
+
+def _tail_bounds(arrays: TaskArrays, p_task: np.ndarray) -> dict:
+    """ATVD and e-score as [best, worst] over where an unseen top-k tail could lie (means over runs)."""
+    present = arrays.sampled != metrics.PAD
+    tv_lo, tv_hi, e_lo, e_hi = metrics.tail_bounds(np.nan_to_num(arrays.probs), arrays.missing & present[..., None],
+                                                   arrays.tail, arrays.tail_cap, p_task)
+
+    def mean(x: np.ndarray) -> float:
+        runs = metrics.run_means(np.where(present, x, np.nan))
+        return float(np.nanmean(runs)) if np.any(~np.isnan(runs)) else float("nan")
+
+    return {"atvd_bounds": [mean(tv_lo), mean(tv_hi)], "e_score_bounds": [mean(e_lo), mean(e_hi)],
+            "missing_rate": float(arrays.missing[present].any(axis=-1).mean()) if present.any() else float("nan")}
 
 
 def verdict(task_summaries: dict[str, dict], temperature: float,

