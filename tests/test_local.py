@@ -169,3 +169,22 @@ def test_full_offload_agrees_with_cpu(backend):
     finally:
         gpu.close()
         cpu.close()
+
+
+def test_next_logprobs_does_not_depend_on_earlier_calls(backend):
+    """llama.cpp's numbers move with batch composition; next_logprobs fixes the schedule, so order is moot."""
+    from deval.backends.local import LocalBackend
+    prompt = tuple(backend.prompt_tokens("Name one vowel at random."))
+    suffixes = [(), tuple(backend.tokenize("a")), tuple(backend.tokenize("e")), tuple(backend.tokenize(" i"))]
+    forward = [backend.next_logprobs(prompt + s) for s in suffixes]
+    list(backend.measure([spec(steps=2)]))  # a profile run in between reuses the same KV cache
+    backward = [backend.next_logprobs(prompt + s) for s in suffixes[::-1]][::-1]
+    fresh = LocalBackend()
+    try:
+        fresh.prompt_tokens("Name one vowel at random.")
+        alone = fresh.next_logprobs(prompt + suffixes[2])
+    finally:
+        fresh.close()
+    for a, b in zip(forward, backward):
+        assert np.array_equal(a, b)
+    assert np.array_equal(alone, forward[2])

@@ -117,6 +117,8 @@ class LocalBackend:
         self._kv: list[int] = []  # tokens whose keys/values are in the cache, in order
         self._rows: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._tries: dict[tuple[str, ...], ItemTrie] = {}
+        self._prompts: set[tuple[int, ...]] = set()  # prompts next_logprobs decodes as one batch
+        self._base: tuple[int, ...] | None = None  # the prompt decoded that way, now in the KV cache
         self.evals = 0  # decode calls, for benchmarks
 
     # -- the exact-distribution interface (used by calibration too) --------------------------------------
@@ -132,11 +134,32 @@ class LocalBackend:
         if self._formatter is None:
             return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         text = self._formatter(messages=[{"role": "user", "content": prompt}]).prompt
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        self._prompts.add(tuple(tokens))
+        return tokens
 
     def next_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
-        """Exact log-softmax (float64) over the whole vocabulary for the token after `tokens`."""
-        return self._evaluate(tuple(tokens))[0]
+        """Exact log-softmax (float64) over the whole vocabulary for the token after `tokens`.
+
+        The answer does not depend on earlier calls: llama.cpp's numbers move (up to ~1e-2 in probability on
+        SmolLM2 Q4_1) with how tokens were split into batches, so the decode schedule is fixed. A prompt from
+        prompt_tokens() is decoded as one batch from an empty cache and kept; whatever follows it is decoded as
+        one batch on top of it, each call.
+        """
+        tokens = tuple(tokens)
+        base = max((p for p in self._prompts if tokens[:len(p)] == p), key=len, default=())
+        if not base or tokens == base:
+            self._rows = OrderedDict()
+            row = self._decode(0, list(tokens), len(tokens) - 1)[0]
+            self._kv, self._base = list(tokens), base or None
+            return row
+        if self._kv[:len(base)] != list(base) or self._base != base:
+            self._decode(0, list(base), len(base) - 1)
+            self._base = base
+        self._rows = OrderedDict()  # measure() keeps its own schedule; do not mix the two
+        row = self._decode(len(base), list(tokens[len(base):]), len(tokens) - len(base) - 1)[0]
+        self._kv = list(base)
+        return row
 
     # -- the backend protocol --------------------------------------------------------------------------
 
@@ -281,7 +304,7 @@ class LocalBackend:
         # Each run starts from an empty cache, so its numbers do not depend on which runs came before it
         # (llama.cpp's kernels differ between batch sizes in the last bits): bit-for-bit reproducible runs,
         # also across --resume. The prompt is evaluated once per run, each step feeds only its new tokens.
-        self._kv, self._rows = [], OrderedDict()
+        self._kv, self._rows, self._base = [], OrderedDict(), None
         task = spec.task
         trie = self.item_trie(task.items)
         separator = tuple(self.tokenize(task.separator))
