@@ -63,9 +63,11 @@ def _renormalised(logp: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def sampling_logprobs(logp: np.ndarray, temperature: float, filters: Filters) -> np.ndarray:
-    """Log-probabilities of the distribution a sampler draws from; -inf for filtered-out tokens."""
+    """Log-probabilities of the distribution a sampler draws from; -inf for filtered-out tokens.
+
+    `logp` must be normalised log-probabilities (a log-softmax row)."""
     if not filters.active:
-        return with_temperature(logp, temperature)
+        return logp if temperature == 1.0 else with_temperature(logp, temperature)  # rows come normalised
     if filters.order == "temperature-first":
         tempered = with_temperature(logp, temperature)
         keep = kept_mask(tempered, filters)
@@ -81,5 +83,5 @@ def _restrict(logp: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def draw(logp: np.ndarray, rng: np.random.Generator) -> int:
     """One index drawn from exp(logp) with an explicit generator (inverse CDF, float64)."""
-    cdf = np.cumsum(np.exp(logp - logsumexp(logp)))
+    cdf = np.cumsum(np.exp(logp - np.max(logp)))  # unnormalised is fine: the draw is scaled by cdf[-1]
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
