@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -133,7 +135,9 @@ def task_panel(task: Task, s: dict, steps: list[Step] | None, filtered: bool = F
 def render_profile(summary: dict, tasks: dict[str, Task], steps: list[Step] | None = None,
                    console: Console | None = None, where: str | None = None) -> None:
     console = console or Console()
-    head = (f"backend [bold]{summary['backend']}[/] · model [bold]{summary['model']}[/] · temperature "
+    model = summary["model"]
+    model = Path(model).name if str(model).endswith(".gguf") else model
+    head = (f"backend [bold]{summary['backend']}[/] · model [bold]{escape(str(model))}[/] · temperature "
             f"{summary['temperature']:g} · runs {summary['runs']} · seed {summary['seed']}")
     filters = summary.get("filters") or {}
     active = {k: v for k, v in filters.items() if k != "order" and v is not None}
