@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import replace
@@ -19,7 +20,7 @@ from deval.backend import FILTER_ORDERS, Filters
 from deval.cli_dynamics import register as register_dynamics
 from deval.cli_dynamics import render_run
 from deval.errors import ConfigError, DevalError
-from deval.profile import ProfileConfig, manifest, run_profile
+from deval.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
 from deval.report import render_profile
 from deval.store import RunDir, dumps
 from deval.tasks import MODES, TaskCatalog, builtin_tasks_dir, task_from_dict
@@ -46,6 +47,8 @@ def backend_options(backend: str, **given) -> dict:
 def check_range(name: str, value, lo=None, hi=None, lo_open=False) -> None:
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number (got {value})")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ConfigError(f"{name} must be {'>' if lo_open else '>='} {lo} (got {value})")
     if hi is not None and value > hi:
@@ -90,7 +93,14 @@ def profile(
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
     if resume is not None:
         run_dir = RunDir.open(resume)
-        config = ProfileConfig.from_dict(run_dir.manifest()["config"])
+        stored = run_dir.manifest()
+        if stored.get("schema") != MANIFEST_SCHEMA:
+            raise ConfigError(f"{resume} is not a profile run ({stored.get('schema')}); resume it with "
+                              f"deval {command_for(stored)} --resume {resume}")
+        config = ProfileConfig.from_dict(stored["config"])
+        again = {k: v for k, v in (("base_url", base_url), ("api_key_env", api_key_env)) if v is not None}
+        if again:  # a URL or key variable given again (the manifest keeps no credentials)
+            config = replace(config, backend_options=tuple(sorted({**dict(config.backend_options), **again}.items())))
     else:
         if mode is not None and mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {mode})")
@@ -102,6 +112,9 @@ def profile(
         check_range("--top-k", top_k, lo=1)
         check_range("--top-p", top_p, lo=0, hi=1, lo_open=True)
         check_range("--min-p", min_p, lo=0, hi=1)
+        check_range("--ctx", ctx, lo=64)
+        check_range("--threads", threads, lo=1)
+        check_range("--gpu-layers", gpu_layers, lo=-1)
         catalog = TaskCatalog.load(list(tasks_dir))
         chosen = tuple(catalog.get(ref) for ref in dict.fromkeys(task))
         options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, ctx=ctx, raw_prompt=raw_prompt,
@@ -151,6 +164,9 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
            json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON.")) -> None:
     """Re-render a finished run from its files, without touching a model."""
     rd = RunDir.open(run_dir)
+    if not rd.has_summary():
+        raise ConfigError(f"{run_dir} has not finished; finish it with deval {command_for(rd.manifest())} "
+                          f"--resume {run_dir}")
     summary = rd.summary()
     if json_out:
         print(dumps(summary))

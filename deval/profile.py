@@ -15,6 +15,14 @@ from deval.summary import summarise_task, verdict
 from deval.tasks import Task, task_from_dict
 
 SCHEMA = "deval.profile/1"
+MANIFEST_SCHEMA = "deval.manifest/1"
+COMMANDS = {MANIFEST_SCHEMA: "profile", "deval.sweep-manifest/1": "sweep",
+            "deval.calibration-manifest/1": "calibration", "deval.diversity-manifest/1": "diversity"}
+
+
+def command_for(manifest: dict) -> str:
+    """The deval command that wrote a run directory, from its manifest's schema."""
+    return COMMANDS.get(manifest.get("schema"), "profile")
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ class ProfileConfig:
 
 def manifest(config: ProfileConfig, backend: Backend) -> dict:
     return {
-        "schema": "deval.manifest/1",
+        "schema": MANIFEST_SCHEMA,
         "config": config.to_dict(),
         "backend": backend.describe(),
         "versions": {"deval": __version__, "python": platform.python_version(), "numpy": np.__version__},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -25,7 +26,7 @@ def _filters_text(filters: dict) -> str:
 def render_sweep(summary: dict, console: Console | None = None, where: str | None = None) -> None:
     console = console or Console()
     console.print(Text.from_markup(
-        f"temperature sweep · backend [bold]{summary['backend']}[/] · model [bold]{summary['model']}[/] · "
+        f"temperature sweep · backend [bold]{summary['backend']}[/] · model [bold]{escape(str(summary['model']))}[/] · "
         f"runs {summary['runs']} per temperature · seed {summary['seed']}{_filters_text(summary['filters'])}"))
     filtered = any(v is not None for k, v in summary["filters"].items() if k != "order")
     for name, s in summary["tasks"].items():
@@ -80,7 +81,7 @@ def render_sweep(summary: dict, console: Console | None = None, where: str | Non
 def render_calibration(summary: dict, console: Console | None = None, where: str | None = None) -> None:
     console = console or Console()
     console.print(Text.from_markup(
-        f"calibration · backend [bold]{summary['backend']}[/] · model [bold]{summary['model']}[/] · temperature "
+        f"calibration · backend [bold]{summary['backend']}[/] · model [bold]{escape(str(summary['model']))}[/] · temperature "
         f"{summary['temperature']:g} · {summary['samples']} samples per rule · seed {summary['seed']} · filter order "
         f"{summary['filter_order']}"))
     for name, s in summary["tasks"].items():

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy.special import logsumexp
 
 from deval import metrics
 from deval.backend import Backend, Step, TrieLogprobs
 from deval.errors import ConfigError
 from deval.profile import ProfileConfig, manifest, run_profile
+from deval.sampling import logsumexp
+from deval.trie import chain_rule
 from deval.store import MANIFEST, SUMMARY, RunDir, create_run_dir, dump_json, read_json
 from deval.summary import TaskArrays, bootstrap_stat
 
@@ -55,7 +56,12 @@ def parse_temperatures(text: str) -> tuple[float, ...]:
         raise ConfigError(f"--temperatures must be numbers separated by commas, such as 0.5,1,2 (got '{text}')") from None
     if not values or any(not np.isfinite(v) or v <= 0 for v in values):
         raise ConfigError(f"--temperatures must be one or more numbers > 0, such as 0.5,1,2 (got '{text}')")
-    return tuple(sorted(set(values)))
+    values = sorted(set(values))
+    dirs = [temperature_dir(v) for v in values]
+    if len(set(dirs)) != len(dirs):
+        raise ConfigError(f"--temperatures has values too close to tell apart ({text}); use at most 6 significant "
+                          f"digits")
+    return tuple(values)
 
 
 def temperature_dir(temperature: float) -> str:
@@ -115,24 +121,11 @@ def trie_item_probs(record: TrieLogprobs, n_items: int, temperature: float) -> n
     col = next((j for j, t in enumerate(record.temperatures) if abs(t - temperature) <= TEMPERATURE_MATCH), None)
     if col is None:
         return None
-    at = {node: (kids, lps, zs[col]) for node, kids, lps, zs in
+    at = {node: (dict(zip(kids, lps)), zs[col]) for node, kids, lps, zs in
           zip(record.nodes, record.children, record.logprobs, record.log_z)}
-    ends = dict(record.ends)
-    probs = np.zeros(n_items)
-
-    def walk(node: tuple[int, ...], mass: float) -> None:
-        kids, lps, log_z = at.get(node, ((), (), 0.0))
-        going_on = 0.0
-        for tok, lp in zip(kids, lps):
-            q = float(np.exp(lp / temperature - log_z))
-            going_on += q
-            if q > 0:
-                walk(node + (tok,), mass * q)
-        if node in ends:
-            probs[ends[node]] += mass * (1.0 - going_on if node in at else 1.0)
-
-    walk((), 1.0)
-    return probs
+    children = {node: kids for node, kids in zip(record.nodes, record.children)}
+    return chain_rule(children, dict(record.ends),
+                      lambda node, tok: float(np.exp(at[node][0][tok] / temperature - at[node][1])), n_items)
 
 
 def derived_probs(steps: list[Step], n_items: int, temperature: float) -> tuple[list[np.ndarray], bool] | None:

@@ -80,8 +80,8 @@ def task_from_dict(data: dict, source: str) -> Task:
     if not isinstance(name, str) or not name.strip():
         raise fail("name", "must be a non-empty string")
     items = data["items"]
-    if not isinstance(items, list) or not items:
-        raise fail("items", "must be a non-empty list of strings")
+    if not isinstance(items, list) or len(items) < 2:
+        raise fail("items", "must be a non-empty list of at least two strings")
     if not all(isinstance(x, str) and x.strip() for x in items):
         raise fail("items", "every item must be a non-empty string")
     items = [x.strip() for x in items]
@@ -121,7 +121,7 @@ def _check_template(template, fieldname: str, fail) -> str:
         raise fail(fieldname, "must be a non-empty string")
     try:
         template.format(**{p: "" for p in PLACEHOLDERS})
-    except (KeyError, IndexError, ValueError) as exc:
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
         raise fail(fieldname, f"bad placeholder {exc}; use only {{items}}, {{distribution}}, {{steps}}") from None
     return template
 

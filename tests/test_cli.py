@@ -72,6 +72,9 @@ def test_tasks_and_backends_listings():
     (["--mode", "batch"], "--mode must be one of"),
     (["--top-p", "1.5"], "--top-p must be <= 1"),
     (["--gpu-layers", "3"], "--gpu-layers does not apply to the mock backend"),
+    (["--temperature", "nan"], "--temperature must be a finite number"),
+    (["--temperature", "inf"], "--temperature must be a finite number"),
+    (["--top-p", "nan"], "--top-p must be a finite number"),
 ])
 def test_bad_options_give_one_line_errors(tmp_path, args, says):
     base = ["profile", "--backend", "mock", "--model", "d", "--out", str(tmp_path / "r")]
@@ -108,3 +111,22 @@ def test_resume_finishes_a_run_from_its_manifest(tmp_path):
     resumed = run_json("profile", "--resume", str(out))
     assert resumed == first
     assert len((out / "steps.jsonl").read_text().splitlines()) == len(lines)
+
+
+def test_resume_and_report_name_the_command_that_can_finish_a_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert run_cli("sweep", "--backend", "mock", "--model", "e", "--task", "coin", "--temperatures", "1,2",
+                   "--runs", "1", "--steps", "2", "--out", str(sweep), "--json").returncode == 0
+    assert f"deval sweep --resume {sweep}" in one_line_error(run_cli("profile", "--resume", str(sweep)))
+    out = tmp_path / "r"
+    assert run_cli("profile", "--backend", "mock", "--model", "d", "--runs", "1", "--out", str(out)).returncode == 0
+    (out / "summary.json").unlink()
+    assert f"deval profile --resume {out}" in one_line_error(run_cli("report", str(out)))
+
+
+def test_task_files_with_one_item_or_attribute_placeholders_are_refused(tmp_path):
+    (tmp_path / "one.toml").write_text('name="one"\nitems=["a"]\nweights=[1.0]\nprompt="{items}"\n')
+    assert "at least two" in one_line_error(run_cli("profile", "--backend", "mock", "--model", "d",
+                                                    "--task", str(tmp_path / "one.toml")))
+    (tmp_path / "attr.toml").write_text('name="attr"\nitems=["a","b"]\nweights=[0.5,0.5]\nprompt="{items.x}"\n')
+    assert "bad placeholder" in one_line_error(run_cli("tasks", "--tasks-dir", str(tmp_path)))

@@ -139,6 +139,14 @@ def test_bad_model_files_give_one_line_errors(tmp_path):
     assert "could not load" in one_line_error(run_cli("profile", "--model", str(tmp_path / "cut.gguf")))
 
 
+def test_local_options_are_checked_and_a_small_context_is_honoured(tmp_path):
+    assert "--ctx must be >= 64" in one_line_error(run_cli("profile", "--ctx", "16"))
+    assert "--threads must be >= 1" in one_line_error(run_cli("profile", "--threads", "0"))
+    line = one_line_error(run_cli("profile", "--task", "flat", "--runs", "1", "--steps", "30", "--ctx", "64",
+                                  "--out", str(tmp_path / "r")))
+    assert "raise --ctx or lower --steps" in line
+
+
 def test_missing_llama_cpp_names_the_install_command(tmp_path):
     fake = tmp_path / "llama_cpp"
     fake.mkdir()

