@@ -62,6 +62,15 @@ def test_completions_route_and_preset_sampling_values(tmp_path, monkeypatch):
 
 
 @respx.mock
+def test_a_query_in_the_base_url_goes_with_every_request(tmp_path, monkeypatch):
+    route = respx.post(f"{URL}/chat/completions").mock(side_effect=answer)
+    b = backend(tmp_path, monkeypatch, base_url=URL + "/?api-version=2024-06-01")
+    list(b.measure([spec()]))
+    url = route.calls[0].request.url
+    assert url.path == "/v1/chat/completions" and url.params["api-version"] == "2024-06-01"
+
+
+@respx.mock
 def test_no_auth_header_without_a_key(tmp_path, monkeypatch):
     route = respx.post(f"{URL}/chat/completions").mock(side_effect=answer)
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
@@ -205,3 +214,4 @@ def test_retry_after_forms():
     assert retry_after_seconds("3") == 3.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+

@@ -131,8 +131,11 @@ class OpenAIBackend:
         s = self.settings
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency)
-        return httpx.AsyncClient(base_url=s.base_url + "/", headers=headers, limits=limits,
-                                 timeout=httpx.Timeout(s.timeout, connect=min(s.timeout, 10.0)))
+        # a query in the base URL (?api-version=..., ?key=...) goes with every request, not glued to the path
+        parts = urllib.parse.urlsplit(s.base_url)
+        base = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/", query="", fragment=""))
+        return httpx.AsyncClient(base_url=base, params=httpx.QueryParams(parts.query), headers=headers,
+                                 limits=limits, timeout=httpx.Timeout(s.timeout, connect=min(s.timeout, 10.0)))
 
     def _transport(self, client: httpx.AsyncClient, seed: int = 0) -> Transport:
         policy = RetryPolicy(budget_s=self.settings.retry_budget, base_s=self.settings.retry_base)
