@@ -28,6 +28,7 @@ from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_respons
 from deval.backends.positions import Position, find_positions, first_answer_position, item_view
 from deval.backends.presets import ROUTES, Preset, get_preset
 from deval.backends.probe import Capabilities, ProbeCache, path_for, probe
+from deval.backends.urls import MARK, is_redacted, redact
 from deval.errors import BackendError, ConfigError
 
 SEED_MODULUS = 2**31  # servers take 32-bit (llama.cpp) or int64 (OpenAI) seeds: stay inside both
@@ -59,6 +60,9 @@ class Settings:
         if base_url is None and preset.name == "openai":
             base_url = os.environ.get("OPENAI_BASE_URL") or None  # as the openai SDK does
         base_url = (base_url or preset.base_url).rstrip("/")
+        if is_redacted(base_url):  # a run directory stores the URL with its secrets masked
+            raise ConfigError(f"--base-url {base_url} has its secrets masked ({MARK}), as a run directory stores it; "
+                              "pass --base-url again with the full URL")
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"--base-url must start with http:// or https:// (got {redact(base_url)})")
         route = route or preset.route
@@ -79,16 +83,6 @@ class Settings:
                    retry_budget=300.0 if retry_budget is None else retry_budget,
                    retry_base=0.5 if retry_base is None else retry_base, cache_dir=directory,
                    probe=not no_probe, max_tokens=max_tokens)
-
-
-def redact(url: str) -> str:
-    """A URL without user:password."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urllib.parse.urlunsplit(parts._replace(netloc="***@" + netloc))
-    return url
 
 
 def _run_sync(coro):
