@@ -65,6 +65,7 @@ class Settings:
                               "pass --base-url again with the full URL")
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"--base-url must start with http:// or https:// (got {redact(base_url)})")
+        _check_url(base_url)
         route = route or preset.route
         if route not in ROUTES:
             raise ConfigError(f"--route must be one of {', '.join(ROUTES)} (got {route})")
@@ -83,6 +84,22 @@ class Settings:
                    retry_budget=300.0 if retry_budget is None else retry_budget,
                    retry_base=0.5 if retry_base is None else retry_base, cache_dir=directory,
                    probe=not no_probe, max_tokens=max_tokens)
+
+
+def _check_url(url: str) -> None:
+    """A ConfigError unless the URL parses with a host and a port in range (urllib's reason; it quotes no secret)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # raises for a port out of range or not a number
+        if not parts.hostname:
+            raise ValueError("no host")
+        if any(ch.isspace() for ch in url):
+            raise ValueError("it contains whitespace")
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        why = str(exc) if isinstance(exc, ValueError) else "httpx cannot parse it"
+        raise ConfigError(f"--base-url {redact(url)} is not a valid URL ({why}); "
+                          "give it as http://HOST:PORT/v1") from None
 
 
 def _run_sync(coro):
