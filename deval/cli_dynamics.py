@@ -125,8 +125,9 @@ def _floats(text: str, name: str, lo: float, hi: float, integer: bool = False) -
 
 
 def _exact_backend(backend: str, model: Optional[str], options: dict):
-    from deval.validity_runs import require_exact
+    from deval.validity_runs import require_exact, require_exact_class
 
+    require_exact_class(registry.backend_class(backend), backend)  # before an inexact backend asks for a key
     engine = registry.create(backend, model, **options)
     try:
         return require_exact(engine, backend)
