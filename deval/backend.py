@@ -112,8 +112,9 @@ class Step:
     probs[i] is p_t(item i) under the distribution the sampler draws from (temperature and filters applied).
     Where a backend sees only a top-k, `tail` is the mass it could not see: each item's true probability
     lies in [probs[i], probs[i] + tail] (and the tail's total is shared), `missing` lists items absent from
-    the visible top-k, and `tail_cap` (when known) is the most one unseen token can hold (the smallest visible
-    probability), so a missing item gains at most min(tail_cap, tail). An exact backend reports tail 0.
+    the visible top-k, and `tail_cap` (when known) is the most one unseen token can hold (the smallest top-k
+    probability): an item gains at most one tail_cap per unseen spelling (see metrics.tail_bounds). An exact
+    backend reports tail 0.
     `sampled` is the index of the item the model produced, or None when it produced something off the set.
     `item_logprobs`, where a backend can give it, holds per item the T=1 log-probabilities (no filters) of the
     single tokens that spell it at this step; from these P_token at any temperature follows exactly

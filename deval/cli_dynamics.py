@@ -53,6 +53,20 @@ def sweep(
     threads: Optional[int] = typer.Option(None, help="local: CPU threads."),
     ctx: Optional[int] = typer.Option(None, help="local: context size in tokens."),
     raw_prompt: bool = typer.Option(False, "--raw-prompt", help="local: plain text prompt, no chat template."),
+    # -- OpenAI-compatible backends (openai and the presets in 'deval backends'), as for 'deval profile' --
+    base_url: Optional[str] = typer.Option(None, "--base-url",
+                                           help="http: server URL, e.g. http://127.0.0.1:8000/v1 (again on --resume "
+                                                "if it held secrets)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="http: environment variable with the API key."),
+    concurrency: Optional[int] = typer.Option(None, help="http: requests in flight at once (default 16)."),
+    route: Optional[str] = typer.Option(None, help="http: chat | completions (default: the preset's)."),
+    top_logprobs: Optional[int] = typer.Option(None, "--top-logprobs", help="http: top-k logprobs to ask for."),
+    timeout: Optional[float] = typer.Option(None, help="http: seconds per request attempt (default 120)."),
+    retry_budget: Optional[float] = typer.Option(None, "--retry-budget", help="http: seconds of retrying per request."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="http: generation limit per request."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="http: response cache (default ~/.cache/deval)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="http: do not read or write the response cache."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="http: trust the preset instead of probing the endpoint."),
 ) -> None:
     """Profile at several temperatures: e-score, ATVD, result TVD against T, measured and derived."""
     from deval.cli import backend_options, check_range, out
@@ -63,6 +77,9 @@ def sweep(
     if resume is not None:
         config = load_sweep_config(resume)
         path = Path(resume)
+        if base_url is not None:  # the manifest holds the URL redacted when it had secrets: given again here
+            stored = dict(config.base.backend_options) | backend_options(config.base.backend, base_url=base_url)
+            config = replace(config, base=replace(config.base, backend_options=tuple(sorted(stored.items()))))
     else:
         if mode is not None and mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {mode})")
@@ -71,7 +88,11 @@ def sweep(
         filters = _filters(top_k, top_p, min_p, filter_order)
         catalog = TaskCatalog.load(list(tasks_dir))
         chosen = tuple(catalog.get(ref) for ref in dict.fromkeys(task))
-        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, ctx=ctx, raw_prompt=raw_prompt)
+        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, ctx=ctx, raw_prompt=raw_prompt,
+                                  base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, route=route,
+                                  top_logprobs=top_logprobs, timeout=timeout, retry_budget=retry_budget,
+                                  max_tokens=max_tokens, cache_dir=str(cache_dir) if cache_dir else None,
+                                  no_cache=no_cache, no_probe=no_probe)
         base = ProfileConfig(backend=backend, model=model or "", tasks=chosen, runs=runs, steps=steps, seed=seed,
                              mode=mode, filters=filters, backend_options=tuple(sorted(options.items())))
         config = SweepConfig(base=base, temperatures=parse_temperatures(temperatures))
@@ -104,8 +125,9 @@ def _floats(text: str, name: str, lo: float, hi: float, integer: bool = False) -
 
 
 def _exact_backend(backend: str, model: Optional[str], options: dict):
-    from deval.validity_runs import require_exact
+    from deval.validity_runs import require_exact, require_exact_class
 
+    require_exact_class(registry.backend_class(backend), backend)  # before an inexact backend asks for a key
     engine = registry.create(backend, model, **options)
     try:
         return require_exact(engine, backend)

@@ -149,124 +149,108 @@ def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 200
     return (float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha)))
 
 
+# Our assumption (documented in docs/http-backends.md): no vocabulary holds more than this many distinct tokens
+# that spell one item once whitespace and the separator are stripped, the spellings deval matches ("7", " 7",
+# "\n7", ",7", ", 7", "7,", " 7,", "\t7", ...). An item visible in the top-k shows at least one of them.
+SPELLINGS_PER_ITEM = 8
+
+
 def tail_bounds(probs: np.ndarray, missing: np.ndarray, tail: np.ndarray, cap: np.ndarray,
-                p_task: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                p_task: np.ndarray, spellings: int = SPELLINGS_PER_ITEM
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Best and worst case of TV_t and e_t when only a top-k was visible: (tv_lo, tv_hi, e_lo, e_hi), [R, T].
 
     probs [R, T, K] are the visible item probabilities, missing [R, T, K] marks items absent from the top-k,
-    tail [R, T] the unseen mass and cap [R, T] the most any one unseen token can hold (the smallest visible
-    probability). An item in the top-k is known exactly; each missing item can gain x_i in [0, min(cap, tail)]
-    with sum x_i <= tail. TV and max of the renormalised vector are quasi-convex in x, so their maxima lie on
-    vertices of that polytope (enumerated); their minima are linear programs after the Charnes-Cooper change
-    of variables (solved exactly with scipy's HiGHS). Steps with nothing missing get the point value twice;
-    steps with no point value (no visible mass on the items) stay NaN, so the interval brackets the point.
+    tail [R, T] the unseen mass and cap [R, T] the most any one unseen token can hold (the smallest top-k
+    probability). p_t(x) sums every spelling of x, and any spelling may be unseen, so every item can gain:
+    x_i in [0, min(tail, n_i cap)] with sum x_i <= tail, where n_i is the number of its spellings that can be
+    unseen: `spellings` for a missing item, one fewer for an item the top-k shows (spellings=1 is the old
+    one-spelling model: only missing items gain). Maxima in closed form or over a small grid (see _max_tv);
+    minima are linear programs after the Charnes-Cooper change of variables (solved exactly with scipy's
+    HiGHS). Steps with no unseen mass get the point value twice; steps with no point value (no visible mass on
+    the items) stay NaN, so the interval brackets the point.
     """
     probs = np.asarray(probs, dtype=float)
     missing = np.asarray(missing, dtype=bool)
-    tail = np.asarray(tail, dtype=float)
-    cap = np.asarray(cap, dtype=float)
+    tail = np.nan_to_num(np.asarray(tail, dtype=float))
+    cap = np.nan_to_num(np.asarray(cap, dtype=float))
     p_task = np.asarray(p_task, dtype=float)
     ptok = p_token(probs)
     tv_point = tv(ptok, p_task)
     e_point = np.where(np.isnan(ptok).any(axis=-1), np.nan, np.nanmax(np.where(np.isnan(ptok), -1.0, ptok), axis=-1))
     out = [tv_point.copy(), tv_point.copy(), e_point.copy(), e_point.copy()]
-    bound = np.minimum(np.nan_to_num(cap), np.nan_to_num(tail))
-    open_steps = np.argwhere(missing.any(axis=-1) & (bound > 0) & ~np.isnan(tv_point))
+    u_missing = np.minimum(tail, spellings * cap)
+    u_visible = np.minimum(tail, (spellings - 1) * cap)
+    open_steps = np.argwhere((tail > 0) & (u_missing > 0) & ~np.isnan(tv_point))
     for r, t in open_steps:
-        lo_tv, hi_tv, lo_e, hi_e = _step_bounds(probs[r, t], missing[r, t], float(tail[r, t]), float(bound[r, t]),
-                                                p_task)
+        u = np.where(missing[r, t], u_missing[r, t], u_visible[r, t])
+        lo_tv, hi_tv, lo_e, hi_e = _step_bounds(probs[r, t], missing[r, t], float(tail[r, t]), u, p_task)
         out[0][r, t], out[1][r, t], out[2][r, t], out[3][r, t] = lo_tv, hi_tv, lo_e, hi_e
     return out[0], out[1], out[2], out[3]
 
 
-def _vertices(m: int, tail: float, u: float) -> np.ndarray:
-    """Vertices of {x in [0, u]^m, sum x <= tail}: coordinates at 0 or u, at most one fractional one."""
-    from itertools import combinations
+def _max_tv(q: np.ndarray, classes: np.ndarray, tail: float, u: np.ndarray, p_task: np.ndarray) -> float:
+    """max TV(normalised q + x, P) over x_i in [0, u_i], sum x <= tail; u takes one value per class (0/1).
 
-    full = min(m, int(np.floor(tail / u + 1e-12)))
-    rows = []
-    for a in range(full + 1):
-        for chosen in combinations(range(m), a):
-            x = np.zeros(m)
-            x[list(chosen)] = u
-            rows.append(x)
-            rest = tail - a * u
-            if a < m and 0 < rest < u:
-                for j in range(m):
-                    if j not in chosen:
-                        y = x.copy()
-                        y[j] = rest
-                        rows.append(y)
-    return np.array(rows)
+    TV = max over item sets A of p(A) - P(A). For a fixed A the best x puts g = min(tail, sum of u over A) on A
+    and nothing elsewhere ((q_A + g) / (Q + g) grows with g), so the value is sum over A of (q_i / (Q + g) - P_i)
+    plus g / (Q + g). g depends only on how many items of each class A holds; for given counts the best A takes
+    the items with the highest q_i / (Q + g) - P_i of each class. Every pair of counts is tried (vectorised).
+    """
+    total = q.sum()
+    groups = [np.flatnonzero(classes == c) for c in (0, 1)]
+    counts = [np.arange(len(g) + 1) for g in groups]
+    unit = [float(u[g[0]]) if len(g) else 0.0 for g in groups]
+    a, b = np.meshgrid(counts[0], counts[1], indexing="ij")
+    gain = np.minimum(tail, a * unit[0] + b * unit[1])
+    denom = total + gain
+    value = gain / denom
+    for idx, n in zip(groups, (a, b)):
+        if not len(idx):
+            continue
+        score = q[idx][None, None, :] / denom[..., None] - p_task[idx][None, None, :]
+        best = np.cumsum(-np.sort(-score, axis=-1), axis=-1)
+        best = np.concatenate([np.zeros(best.shape[:-1] + (1,)), best], axis=-1)
+        value = value + np.take_along_axis(best, n[..., None], axis=-1)[..., 0]
+    return float(value.max())
 
 
-MAX_ENUMERATED_MISSING = 12  # beyond this many missing items the vertex count explodes; bounds become [0, 1]
-
-
-def _step_bounds(q: np.ndarray, miss: np.ndarray, tail: float, u: float, p_task: np.ndarray):
+def _step_bounds(q: np.ndarray, miss: np.ndarray, tail: float, u: np.ndarray, p_task: np.ndarray):
     from scipy.optimize import linprog
 
-    idx = np.flatnonzero(miss)
-    m, k = len(idx), len(q)
-    if m > MAX_ENUMERATED_MISSING:
-        return 0.0, 1.0, 1.0 / k, 1.0
-    verts = _vertices(m, tail, u)
-    v = np.repeat(q[None, :], len(verts), axis=0)
-    v[:, idx] += verts
-    total = v.sum(axis=1)
-    ok = total > 0
-    v, total = v[ok], total[ok]
-    if len(v) == 0:
+    k = len(q)
+    total = q.sum()
+    if total <= 0:
         return np.nan, np.nan, np.nan, np.nan
-    norm = v / total[:, None]
-    hi_tv = float(tv(norm, p_task).max())
-    hi_e = float(norm.max(axis=1).max())
-    # Minima: variables z = [t, y_idx (m), w (k)], p_i = q_i t + y_i, with t = 1 / total and y = x t.
-    n = 1 + m + k
+    hi_e = float(np.max((q + u) / (total + u)))  # all the gain on one item: (q_i + g) / (Q + g) grows with g
+    hi_tv = _max_tv(q, miss.astype(int), tail, u, p_task)
+    # Minima: variables z = [t, y (k), w (k)], p_i = q_i t + y_i, with t = 1 / (Q + sum x) and y = x t.
+    n = 1 + 2 * k
     a_eq = np.zeros((1, n))
-    a_eq[0, 0] = q.sum()
-    a_eq[0, 1:1 + m] = 1.0
-    a_ub, b_ub = [], []
-    for j in range(m):  # y_j <= u t
-        row = np.zeros(n)
-        row[1 + j], row[0] = 1.0, -u
-        a_ub.append(row)
-        b_ub.append(0.0)
-    row = np.zeros(n)
-    row[1:1 + m], row[0] = 1.0, -tail
-    a_ub.append(row)
-    b_ub.append(0.0)
-    base_ub, base_b = np.array(a_ub), np.array(b_ub)
-    pos = {i: j for j, i in enumerate(idx)}
-
-    def p_row(i: int) -> np.ndarray:
-        row = np.zeros(n)
-        row[0] = q[i]
-        if i in pos:
-            row[1 + pos[i]] = 1.0
-        return row
-
-    bounds = [(0, None)] * (1 + m) + [(None, None)] * k
-    tv_ub, tv_b = [base_ub], [base_b]
-    for i in range(k):  # w_i >= |p_i - P_i|
-        w = np.zeros(n)
-        w[1 + m + i] = -1.0
-        tv_ub.append(np.array([p_row(i) + w, -p_row(i) + w]))
-        tv_b.append(np.array([p_task[i], -p_task[i]]))
+    a_eq[0, 0] = total
+    a_eq[0, 1:1 + k] = 1.0
+    base_ub = np.zeros((k + 1, n))
+    base_ub[np.arange(k), 1 + np.arange(k)] = 1.0  # y_i <= u_i t
+    base_ub[np.arange(k), 0] = -u
+    base_ub[k, 1:1 + k], base_ub[k, 0] = 1.0, -tail  # sum y <= tail t
+    base_b = np.zeros(k + 1)
+    p_rows = np.zeros((k, n))
+    p_rows[:, 0] = q
+    p_rows[np.arange(k), 1 + np.arange(k)] = 1.0
+    w = np.zeros((k, n))
+    w[np.arange(k), 1 + k + np.arange(k)] = -1.0
+    bounds = [(0, None)] * (1 + k) + [(None, None)] * k
     c = np.zeros(n)
-    c[1 + m:] = 0.5
-    res = linprog(c, A_ub=np.vstack(tv_ub), b_ub=np.concatenate(tv_b), A_eq=a_eq, b_eq=[1.0], bounds=bounds,
+    c[1 + k:] = 0.5  # TV: w_i >= |p_i - P_i|
+    res = linprog(c, A_ub=np.vstack([base_ub, p_rows + w, -p_rows + w]),
+                  b_ub=np.concatenate([base_b, p_task, -p_task]), A_eq=a_eq, b_eq=[1.0], bounds=bounds,
                   method="highs")
     lo_tv = float(res.fun) if res.status == 0 else np.nan
-    e_ub, e_b = [base_ub], [base_b]
-    for i in range(k):  # w_0 >= p_i (one shared variable: the max)
-        w = np.zeros(n)
-        w[1 + m] = -1.0
-        e_ub.append((p_row(i) + w)[None, :])
-        e_b.append(np.array([0.0]))
+    shared = np.zeros((k, n))
+    shared[:, 1 + k] = -1.0  # e: one shared variable w_0 >= p_i (the max)
     c = np.zeros(n)
-    c[1 + m] = 1.0
-    res = linprog(c, A_ub=np.vstack(e_ub), b_ub=np.concatenate(e_b), A_eq=a_eq, b_eq=[1.0], bounds=bounds,
-                  method="highs")
+    c[1 + k] = 1.0
+    res = linprog(c, A_ub=np.vstack([base_ub, p_rows + shared]), b_ub=np.concatenate([base_b, np.zeros(k)]),
+                  A_eq=a_eq, b_eq=[1.0], bounds=bounds, method="highs")
     lo_e = float(res.fun) if res.status == 0 else np.nan
     return min(lo_tv, hi_tv), hi_tv, min(lo_e, hi_e), hi_e

@@ -10,6 +10,7 @@ import numpy as np
 
 from deval import __version__
 from deval.backend import Backend, Filters, RunSpec, Step, run_seed
+from deval.backends.urls import redact
 from deval.store import RunDir
 from deval.summary import summarise_task, verdict
 from deval.tasks import Task, task_from_dict
@@ -52,11 +53,15 @@ class ProfileConfig:
         d = {
             "backend": self.backend, "model": self.model, "tasks": [t.to_dict() for t in self.tasks],
             "runs": self.runs, "steps": self.steps, "temperature": self.temperature, "seed": self.seed,
-            "mode": self.mode, "filters": self.filters.to_dict(), "backend_options": dict(self.backend_options),
+            "mode": self.mode, "filters": self.filters.to_dict(), "backend_options": self._stored_options(),
         }
         if self.derive_temperatures:  # written only when set, so plain profile manifests are unchanged
             d["derive_temperatures"] = list(self.derive_temperatures)
         return d
+
+    def _stored_options(self) -> dict:
+        """backend_options as written to disk: a base URL without its secrets (a resume asks for it again)."""
+        return {k: redact(v) if k == "base_url" and isinstance(v, str) else v for k, v in self.backend_options}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProfileConfig":

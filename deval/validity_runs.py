@@ -22,11 +22,21 @@ DIVERSITY_MANIFEST = "deval.diversity-manifest/1"
 EXACT_METHODS = ("prompt_tokens", "tokenize", "token_bytes", "next_logprobs")
 
 
+def _not_exact(backend: str) -> ConfigError:
+    return ConfigError(f"the {backend} backend gives no exact next-token distributions over its vocabulary; "
+                       f"calibration and diversity need --backend local")
+
+
+def require_exact_class(cls: type, backend: str) -> None:
+    """Refuse a backend class without the exact methods before it is built (and asks for keys or files)."""
+    if not all(hasattr(cls, m) for m in EXACT_METHODS):
+        raise _not_exact(backend)
+
+
 def require_exact(engine, backend: str) -> ExactModel:
     """The backend itself, if it gives exact full next-token distributions; a clear error otherwise."""
     if not all(hasattr(engine, m) for m in EXACT_METHODS) or not hasattr(engine, "n_vocab"):
-        raise ConfigError(f"the {backend} backend gives no exact next-token distributions over its vocabulary; "
-                          f"calibration and diversity need --backend local")
+        raise _not_exact(backend)
     return engine
 
 

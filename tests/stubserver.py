@@ -124,10 +124,10 @@ class Stub:
                 if payload is None and fault != "nologprobs":
                     key = (path, raw)
                     if key not in self.memo:
-                        self.memo[key] = json.dumps(response_for(path, body)).encode()
+                        self.memo[key] = json.dumps(response_for(path.split("?")[0], body)).encode()
                     data = self.memo[key]
                 else:
-                    data = json.dumps(payload or response_for(path, body, logprobs=False)).encode()
+                    data = json.dumps(payload or response_for(path.split("?")[0], body, logprobs=False)).encode()
                 if fault == "truncated":
                     data = data[: len(data) // 2]
                 reason = {200: "OK", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error",

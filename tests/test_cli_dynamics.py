@@ -151,3 +151,10 @@ def test_unknown_valid_set_names_say_where_to_look(name, says):
 def test_a_backend_without_exact_distributions_is_refused(tmp_path):
     r = runner.invoke(app, ["diversity", "--backend", "mock", "--model", "e", "--task", "vowels"])
     assert isinstance(r.exception, ConfigError) and "exact" in str(r.exception)
+
+
+@pytest.mark.parametrize("command", ["diversity", "calibration"])
+def test_an_http_backend_is_refused_as_inexact_before_it_asks_for_a_key(command):
+    line = one_line_error(run_cli(command, "--backend", "openai", "--model", "m",
+                                  env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}))
+    assert "no exact next-token distributions" in line and "--backend local" in line and "API key" not in line

@@ -62,6 +62,15 @@ def test_completions_route_and_preset_sampling_values(tmp_path, monkeypatch):
 
 
 @respx.mock
+def test_a_query_in_the_base_url_goes_with_every_request(tmp_path, monkeypatch):
+    route = respx.post(f"{URL}/chat/completions").mock(side_effect=answer)
+    b = backend(tmp_path, monkeypatch, base_url=URL + "/?api-version=2024-06-01")
+    list(b.measure([spec()]))
+    url = route.calls[0].request.url
+    assert url.path == "/v1/chat/completions" and url.params["api-version"] == "2024-06-01"
+
+
+@respx.mock
 def test_no_auth_header_without_a_key(tmp_path, monkeypatch):
     route = respx.post(f"{URL}/chat/completions").mock(side_effect=answer)
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
@@ -205,3 +214,19 @@ def test_retry_after_forms():
     assert retry_after_seconds("3") == 3.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_redact_masks_user_password_query_values_and_fragment_and_never_raises():
+    from deval.backends.urls import redact
+
+    assert redact("http://alice:hunter2@h:8000/v1?key=S1&api-version=2024&flag#frag") == \
+        "http://***@h:8000/v1?key=***&api-version=***&***#***"
+    assert redact("https://h/v1") == "https://h/v1"
+    assert redact("http://u:p@w@[::1") == "http://***@[::1"  # does not parse: masked all the same
+    assert redact("http://h:99999/v1?token=T") == "http://h:99999/v1?token=***"
+    assert redact("u:p@h/v1") == "***@h/v1"
+
+
+def test_a_redacted_base_url_asks_for_the_full_url_again():
+    with pytest.raises(ConfigError, match=r"masked .* pass --base-url again"):
+        OpenAIBackend(model="m", preset="vllm", base_url="http://***@h/v1?key=***", no_probe=True, no_cache=True)

@@ -137,3 +137,63 @@ def test_the_api_key_never_reaches_a_file_or_a_log(tmp_path):
         assert canary not in path.read_text(errors="replace"), path
     for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
         assert canary not in text
+
+
+def test_credentials_in_the_base_url_never_reach_a_file_and_a_resume_asks_for_the_url(tmp_path):
+    from conftest import one_line_error
+
+    with StubServer() as stub:
+        secret_url = stub.url.replace("//", "//alice:hunter2@") + "?key=QSECRET"
+        ok = cli("profile", "--backend", "openai", "--base-url", secret_url, "--model", "stub",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                 "--task", "extreme", "--runs", "2", "--steps", "3")
+        assert ok.returncode == 0, ok.stderr
+        # the query goes with every request (not glued to the path), user:password as basic auth
+        assert stub.requests and all(r["path"].endswith("completions?key=QSECRET") for r in stub.requests)
+        assert any(r["path"] == "/v1/chat/completions?key=QSECRET" for r in stub.requests)
+        assert all(r["headers"].get("authorization", "").startswith("Basic ") for r in stub.requests)
+        resumed = cli("profile", "--resume", str(tmp_path / "run"))
+    assert "pass --base-url again" in one_line_error(resumed)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"manifest.json", "probes.json", "steps.jsonl"} <= names
+    for path in files:
+        text = path.read_text(errors="replace")
+        for secret in ("alice", "hunter2", "QSECRET"):
+            assert secret not in text, (secret, path)
+    for text in (ok.stdout, ok.stderr, resumed.stderr):
+        assert "hunter2" not in text and "QSECRET" not in text
+    stored = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert stored["config"]["backend_options"]["base_url"] == stub.url.replace("//", "//***@") + "?key=***"
+    assert stored["backend"]["base_url"] == stored["config"]["backend_options"]["base_url"]
+
+
+def test_a_sweep_over_http_at_two_temperatures_end_to_end_and_its_resume(tmp_path):
+    from conftest import one_line_error
+
+    out, cache = tmp_path / "sweep", tmp_path / "cache"
+    with StubServer() as stub:
+        url = stub.url.replace("//", "//alice:hunter2@")
+        args = ("--cache-dir", str(cache), "--concurrency", "2", "--retry-budget", "30", "--top-logprobs", "5")
+        ok = cli("sweep", "--backend", "llama-server", "--base-url", url, "--model", "stub", "--temperatures", "0.5,1",
+                 "--task", "extreme", "--runs", "2", "--steps", "3", "--out", str(out), "--json", *args)
+        assert ok.returncode == 0, ok.stderr
+        bodies = [r["body"] for r in stub.requests if r["body"].get("max_tokens", 0) > 2]  # not the probe's
+        assert {b["temperature"] for b in bodies} == {0.5, 1.0} and {b["top_logprobs"] for b in bodies} == {5}
+        served = stub.served
+        lost = cli("sweep", "--resume", str(out))
+        resumed = cli("sweep", "--resume", str(out), "--base-url", url, "--json")
+        assert resumed.returncode == 0, resumed.stderr
+        assert stub.served == served  # everything was measured: nothing is asked again
+    assert "pass --base-url again" in one_line_error(lost)
+    summary = json.loads(ok.stdout)
+    assert summary["temperatures"] == [0.5, 1.0] and json.loads(resumed.stdout) == summary
+    rows = summary["tasks"]["extreme"]["rows"]
+    e = [r["measured"]["e_score"]["mean"] for r in rows]
+    assert len(e) == 2 and e[0] != e[1]  # the raw logprobs are tempered by deval at T=0.5
+    for sub in ("T0.5", "T1"):
+        stored = json.loads((out / sub / "manifest.json").read_text())
+        assert stored["backend"]["name"] == "llama-server" and stored["backend"]["top_logprobs"] == 5
+        assert stored["config"]["backend_options"]["base_url"] == stub.url.replace("//", "//***@")
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert "hunter2" not in path.read_text(errors="replace"), path

@@ -67,6 +67,14 @@ def test_item_probability_sums_every_token_that_spells_it():
     assert view.tail == pytest.approx(0.15) and view.tail_cap == pytest.approx(0.1)
 
 
+def test_tail_cap_comes_from_the_top_k_not_from_a_sampled_token_outside_it():
+    t = tok("3", math.log(0.001), top=[("1", math.log(0.5)), ("2", math.log(0.2))])
+    view = item_view(t, ("1", "2", "3", "4"), ",")
+    assert view.probs == pytest.approx((0.5, 0.2, 0.001, 0.0))  # the sampled token still counts as visible
+    assert view.tail == pytest.approx(0.299) and view.missing == (3,)
+    assert view.tail_cap == pytest.approx(0.2)  # an unseen token can hold up to 0.2, not 0.001
+
+
 def test_tokens_are_keyed_by_id_not_text():
     # two distinct ids with the same text are two tokens: both count
     top = (Alt("id:1", b"7", math.log(0.3)), Alt("id:2", b"7", math.log(0.2)))

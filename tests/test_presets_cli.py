@@ -85,3 +85,15 @@ def test_cache_survives_a_torn_last_line_and_pretty_printed_bodies(tmp_path):
     assert all(json.loads(l) for l in lines[:1])
     assert ResponseCache(tmp_path, "http://h/v1", "m").get(k2) == {"ok": 1}
     assert ResponseCache(None, "http://h/v1", "m").get(k1) is None
+
+
+@pytest.mark.parametrize("url, why", [("http://[::1", "Invalid IPv6 URL"), ("http://127.0.0.1:99999/v1", "Port out of range"),
+                                      ("http://alice:pw@h:abc/v1?key=S", "Port could not be cast"),
+                                      ("http:///v1", "no host")])
+def test_a_malformed_base_url_is_one_line_without_a_traceback(url, why):
+    from conftest import one_line_error
+
+    proc = cli("profile", "--backend", "openai", "--model", "m", "--base-url", url, "--runs", "1", "--no-cache")
+    line = one_line_error(proc)
+    assert "is not a valid URL" in line and why in line
+    assert "pw" not in line and "key=S" not in line

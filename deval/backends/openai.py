@@ -28,6 +28,7 @@ from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_respons
 from deval.backends.positions import Position, find_positions, first_answer_position, item_view
 from deval.backends.presets import ROUTES, Preset, get_preset
 from deval.backends.probe import Capabilities, ProbeCache, path_for, probe
+from deval.backends.urls import MARK, is_redacted, redact
 from deval.errors import BackendError, ConfigError
 
 SEED_MODULUS = 2**31  # servers take 32-bit (llama.cpp) or int64 (OpenAI) seeds: stay inside both
@@ -59,8 +60,12 @@ class Settings:
         if base_url is None and preset.name == "openai":
             base_url = os.environ.get("OPENAI_BASE_URL") or None  # as the openai SDK does
         base_url = (base_url or preset.base_url).rstrip("/")
+        if is_redacted(base_url):  # a run directory stores the URL with its secrets masked
+            raise ConfigError(f"--base-url {base_url} has its secrets masked ({MARK}), as a run directory stores it; "
+                              "pass --base-url again with the full URL")
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"--base-url must start with http:// or https:// (got {redact(base_url)})")
+        _check_url(base_url)
         route = route or preset.route
         if route not in ROUTES:
             raise ConfigError(f"--route must be one of {', '.join(ROUTES)} (got {route})")
@@ -81,14 +86,20 @@ class Settings:
                    probe=not no_probe, max_tokens=max_tokens)
 
 
-def redact(url: str) -> str:
-    """A URL without user:password."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urllib.parse.urlunsplit(parts._replace(netloc="***@" + netloc))
-    return url
+def _check_url(url: str) -> None:
+    """A ConfigError unless the URL parses with a host and a port in range (urllib's reason; it quotes no secret)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # raises for a port out of range or not a number
+        if not parts.hostname:
+            raise ValueError("no host")
+        if any(ch.isspace() for ch in url):
+            raise ValueError("it contains whitespace")
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        why = str(exc) if isinstance(exc, ValueError) else "httpx cannot parse it"
+        raise ConfigError(f"--base-url {redact(url)} is not a valid URL ({why}); "
+                          "give it as http://HOST:PORT/v1") from None
 
 
 def _run_sync(coro):
@@ -131,8 +142,11 @@ class OpenAIBackend:
         s = self.settings
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency)
-        return httpx.AsyncClient(base_url=s.base_url + "/", headers=headers, limits=limits,
-                                 timeout=httpx.Timeout(s.timeout, connect=min(s.timeout, 10.0)))
+        # a query in the base URL (?api-version=..., ?key=...) goes with every request, not glued to the path
+        parts = urllib.parse.urlsplit(s.base_url)
+        base = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/", query="", fragment=""))
+        return httpx.AsyncClient(base_url=base, params=httpx.QueryParams(parts.query), headers=headers,
+                                 limits=limits, timeout=httpx.Timeout(s.timeout, connect=min(s.timeout, 10.0)))
 
     def _transport(self, client: httpx.AsyncClient, seed: int = 0) -> Transport:
         policy = RetryPolicy(budget_s=self.settings.retry_budget, base_s=self.settings.retry_base)

@@ -173,7 +173,10 @@ def item_view(token: Token, items: tuple[str, ...], separator: str, temperature:
     if mass > 1.0 + SUM_TOLERANCE:
         flags.append("topk-sum-above-1")
     tail = max(0.0, 1.0 - mass)
-    cap = min(tail, float(np.exp(lps.min()))) if len(lps) else tail
+    # no unseen token outranks the smallest of the returned top-k; the sampled token may lie outside the top-k
+    # (it counts as visible mass) but says nothing about what else is unseen, so it does not set the cap
+    top = [a.logprob for a in token.top if math.isfinite(a.logprob)]
+    cap = min(tail, math.exp(min(top))) if top else tail
     if raw and (temperature != 1.0 or filters.active) and len(lps):
         full = modelled_tail(lps, tail, cap)
         with np.errstate(divide="ignore"):

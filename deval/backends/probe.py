@@ -12,6 +12,7 @@ import numpy as np
 from deval.backends.cache import endpoint_id
 from deval.backends.http import Refused, Transport
 from deval.backends.logprobs import Malformed, NoLogprobs, parse_response
+from deval.backends.urls import redact
 from deval.store import dump_json
 
 PROMPT = "Pick a random digit from 1 to 9. Answer with the digit only."
@@ -108,7 +109,10 @@ async def probe(transport: Transport, model: str, asks: tuple[int, ...], samplin
 
 
 class ProbeCache:
-    """Probe answers per (base URL, model) in one JSON file of the cache directory."""
+    """Probe answers per (base URL, model) in one JSON file of the cache directory.
+
+    Entries are keyed by a hash of the full URL; the URL itself is written only redacted (no user:password,
+    no query values)."""
 
     def __init__(self, directory: Path | None):
         self.path = None if directory is None else Path(directory) / "probes.json"
@@ -134,7 +138,7 @@ class ProbeCache:
         if self.path is None:
             return
         data = self._all()
-        data[endpoint_id(base_url, model)] = {"base_url": base_url, "model": model, "asks": list(asks),
+        data[endpoint_id(base_url, model)] = {"base_url": redact(base_url), "model": model, "asks": list(asks),
                                              "capabilities": caps.to_dict()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         dump_json(self.path, data)
