@@ -97,7 +97,7 @@ def test_order_matters_for_top_p_and_min_p_in_the_direction_it_should(s, t, f):
     logp = normalise(s)
     first = np.isfinite(sampling_logprobs(logp, t, Filters(f.top_k, f.top_p, f.min_p, "filters-first")))
     after = np.isfinite(sampling_logprobs(logp, t, Filters(f.top_k, f.top_p, f.min_p, "temperature-first")))
-    assume(len(np.unique(logp)) == len(logp))  # ties make the cut arbitrary
+    assume(np.min(np.diff(np.sort(logp))) > 1e-9)  # ties (also within rounding) make the cut arbitrary
     if t >= 1:
         assert np.all(after >= first)
     else:
