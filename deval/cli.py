@@ -2,93 +2,69 @@
 
 from __future__ import annotations
 
-import math
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deval import backends as registry
-from deval.backend import FILTER_ORDERS, Filters
+from deval.cli_common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt, CtxOpt,
+                              FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt, NoCacheOpt,
+                              NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt, SeedOpt,
+                              StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt, TopPOpt,
+                              default_dir, err, out, profile_config, with_given_again)
 from deval.cli_dynamics import register as register_dynamics
 from deval.cli_dynamics import render_run
 from deval.errors import ConfigError, DevalError
 from deval.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
 from deval.report import render_profile
 from deval.store import RunDir, dumps
-from deval.tasks import MODES, TaskCatalog, builtin_tasks_dir, task_from_dict
+from deval.tasks import TaskCatalog, builtin_tasks_dir, task_from_dict
 from deval.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Profile how a language model samples: P_token against P_task, D-model or E-model.")
-out = Console()
-err = Console(stderr=True)
-DEFAULT_TASKS = ["extreme", "flat"]
 VALID_SET_PREVIEW = 6  # members shown per valid-set task in 'deval tasks'
-
-
-def backend_options(backend: str, **given) -> dict:
-    """The backend-specific options the user set; an option the backend does not take is an error."""
-    accepted = getattr(registry.backend_class(backend), "OPTIONS", ())
-    chosen = {k: v for k, v in given.items() if v is not None and v is not False}
-    for key in chosen:
-        if key not in accepted:
-            raise ConfigError(f"--{key.replace('_', '-')} does not apply to the {backend} backend; drop it")
-    return chosen
-
-
-def check_range(name: str, value, lo=None, hi=None, lo_open=False) -> None:
-    if value is None:
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number (got {value})")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ConfigError(f"{name} must be {'>' if lo_open else '>='} {lo} (got {value})")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{name} must be <= {hi} (got {value})")
 
 
 @app.command()
 def profile(
-    backend: str = typer.Option("local", help="Backend name or preset (see 'deval backends')."),
-    model: Optional[str] = typer.Option(None, help="Model: a GGUF path (local), a model name (HTTP), d/e/... (mock)."),
-    task: List[str] = typer.Option(DEFAULT_TASKS, "--task", help="Task name or .toml path; repeatable."),
-    tasks_dir: List[Path] = typer.Option([], "--tasks-dir", help="Extra directory of task TOML files."),
-    runs: int = typer.Option(10, help="Runs per task."),
-    steps: Optional[int] = typer.Option(None, help="Item positions per run (default: the task's)."),
+    backend: BackendOpt = "local",
+    model: ModelOpt = None,
+    task: TaskOpt = DEFAULT_TASKS,
+    tasks_dir: TasksDirOpt = [],
+    runs: RunsOpt = 10,
+    steps: StepsOpt = None,
     temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
-    seed: int = typer.Option(0, help="Seed for sampling and bootstrap intervals."),
-    mode: Optional[str] = typer.Option(None, help="sequence | independent (default: the task's)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Keep the smallest set reaching mass p."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep tokens with p >= min_p * max p."),
-    filter_order: str = typer.Option("filters-first", help="filters-first (llama.cpp) | temperature-first (HF)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<time>-<model>)."),
-    resume: Optional[Path] = typer.Option(None, help="Finish an interrupted run in this directory."),
-    json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout."),
-    gpu_layers: Optional[int] = typer.Option(None, help="local: layers to offload to the GPU (-1 all)."),
-    threads: Optional[int] = typer.Option(None, help="local: CPU threads."),
-    ctx: Optional[int] = typer.Option(None, help="local: context size in tokens."),
-    raw_prompt: bool = typer.Option(False, "--raw-prompt", help="local: plain text prompt, no chat template."),
-    # -- OpenAI-compatible backends (openai and the presets in 'deval backends') --
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="http: server URL, e.g. http://127.0.0.1:8000/v1."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="http: environment variable with the API key."),
-    concurrency: Optional[int] = typer.Option(None, help="http: requests in flight at once (default 16)."),
-    route: Optional[str] = typer.Option(None, help="http: chat | completions (default: the preset's)."),
-    top_logprobs: Optional[int] = typer.Option(None, "--top-logprobs", help="http: top-k logprobs to ask for."),
-    timeout: Optional[float] = typer.Option(None, help="http: seconds per request attempt (default 120)."),
-    retry_budget: Optional[float] = typer.Option(None, "--retry-budget", help="http: seconds of retrying per request."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="http: generation limit per request."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="http: response cache (default ~/.cache/deval)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="http: do not read or write the response cache."),
-    no_probe: bool = typer.Option(False, "--no-probe", help="http: trust the preset instead of probing the endpoint."),
+    seed: SeedOpt = 0,
+    mode: ModeOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    filter_order: FilterOrderOpt = "filters-first",
+    out_dir: OutOpt = None,
+    resume: ResumeOpt = None,
+    json_out: JsonOpt = False,
+    gpu_layers: GpuLayersOpt = None,
+    threads: ThreadsOpt = None,
+    ctx: CtxOpt = None,
+    raw_prompt: RawPromptOpt = False,
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    route: RouteOpt = None,
+    top_logprobs: TopLogprobsOpt = None,
+    timeout: TimeoutOpt = None,
+    retry_budget: RetryBudgetOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    no_probe: NoProbeOpt = False,
 ) -> None:
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
     if resume is not None:
@@ -97,43 +73,16 @@ def profile(
         if stored.get("schema") != MANIFEST_SCHEMA:
             raise ConfigError(f"{resume} is not a profile run ({stored.get('schema')}); resume it with "
                               f"deval {command_for(stored)} --resume {resume}")
-        config = ProfileConfig.from_dict(stored["config"])
-        again = {k: v for k, v in (("base_url", base_url), ("api_key_env", api_key_env)) if v is not None}
-        if again:  # a URL or key variable given again (the manifest keeps no credentials)
-            config = replace(config, backend_options=tuple(sorted({**dict(config.backend_options), **again}.items())))
+        config = with_given_again(ProfileConfig.from_dict(stored["config"]), base_url, api_key_env)
     else:
-        if mode is not None and mode not in MODES:
-            raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {mode})")
-        if filter_order not in FILTER_ORDERS:
-            raise ConfigError(f"--filter-order must be one of {', '.join(FILTER_ORDERS)} (got {filter_order})")
-        check_range("--runs", runs, lo=1)
-        check_range("--steps", steps, lo=1)
-        check_range("--temperature", temperature, lo=0, lo_open=True)
-        check_range("--top-k", top_k, lo=1)
-        check_range("--top-p", top_p, lo=0, hi=1, lo_open=True)
-        check_range("--min-p", min_p, lo=0, hi=1)
-        check_range("--ctx", ctx, lo=64)
-        check_range("--threads", threads, lo=1)
-        check_range("--gpu-layers", gpu_layers, lo=-1)
-        catalog = TaskCatalog.load(list(tasks_dir))
-        chosen = tuple(catalog.get(ref) for ref in dict.fromkeys(task))
-        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, ctx=ctx, raw_prompt=raw_prompt,
-                                  base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, route=route,
-                                  top_logprobs=top_logprobs, timeout=timeout, retry_budget=retry_budget,
-                                  max_tokens=max_tokens, cache_dir=str(cache_dir) if cache_dir else None,
-                                  no_cache=no_cache, no_probe=no_probe)
-        config = ProfileConfig(backend=backend, model=model or "", tasks=chosen, runs=runs, steps=steps,
-                               temperature=temperature, seed=seed, mode=mode,
-                               filters=Filters(top_k=top_k, top_p=top_p, min_p=min_p, order=filter_order),
-                               backend_options=tuple(sorted(options.items())))
+        config = profile_config(locals(), temperature)
         run_dir = None
     engine = registry.create(config.backend, config.model or None, **dict(config.backend_options))
     try:
         if run_dir is None:
-            name = Path(engine.model).stem if engine.model else config.backend
-            path = out_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
             config = replace(config, model=engine.model)
-            run_dir = RunDir.create(path, manifest(config, engine))
+            run_dir = RunDir.create(out_dir or default_dir("", engine.model or config.backend),
+                                    manifest(config, engine))
         try:
             summary = _run_with_progress(config, engine, run_dir, quiet=json_out)
         except KeyboardInterrupt:

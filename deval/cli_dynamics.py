@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
@@ -10,99 +9,65 @@ from typing import List, Optional
 import typer
 
 from deval import backends as registry
-from deval.backend import FILTER_ORDERS, Filters
+from deval.cli_common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt, CtxOpt,
+                              FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt, NoCacheOpt,
+                              NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt, SeedOpt,
+                              StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt, TopPOpt,
+                              backend_options, check_range, default_dir, err, filters_from, out, profile_config,
+                              with_given_again)
 from deval.errors import ConfigError
-from deval.profile import ProfileConfig
-from deval.tasks import MODES, TaskCatalog
-
-
-def _filters(top_k, top_p, min_p, filter_order) -> Filters:
-    from deval.cli import check_range
-
-    if filter_order not in FILTER_ORDERS:
-        raise ConfigError(f"--filter-order must be one of {', '.join(FILTER_ORDERS)} (got {filter_order})")
-    check_range("--top-k", top_k, lo=1)
-    check_range("--top-p", top_p, lo=0, hi=1, lo_open=True)
-    check_range("--min-p", min_p, lo=0, hi=1)
-    return Filters(top_k=top_k, top_p=top_p, min_p=min_p, order=filter_order)
-
-
-def _default_dir(kind: str, model: str) -> Path:
-    name = Path(model).stem if model else "model"
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{name}"
 
 
 def sweep(
-    backend: str = typer.Option("local", help="Backend name or preset (see 'deval backends')."),
-    model: Optional[str] = typer.Option(None, help="Model: a GGUF path (local), a model name (HTTP), d/e/... (mock)."),
+    backend: BackendOpt = "local",
+    model: ModelOpt = None,
     temperatures: str = typer.Option("0.5,0.75,1,1.25,1.5,2", help="Temperatures, comma-separated."),
-    task: List[str] = typer.Option(["extreme", "flat"], "--task", help="Task name or .toml path; repeatable."),
-    tasks_dir: List[Path] = typer.Option([], "--tasks-dir", help="Extra directory of task TOML files."),
-    runs: int = typer.Option(10, help="Runs per task and temperature."),
-    steps: Optional[int] = typer.Option(None, help="Item positions per run (default: the task's)."),
-    seed: int = typer.Option(0, help="Seed for sampling and bootstrap intervals."),
-    mode: Optional[str] = typer.Option(None, help="sequence | independent (default: the task's)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Keep the smallest set reaching mass p."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep tokens with p >= min_p * max p."),
-    filter_order: str = typer.Option("filters-first", help="filters-first (llama.cpp) | temperature-first (HF)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<time>-sweep-<model>)."),
-    resume: Optional[Path] = typer.Option(None, help="Finish an interrupted sweep in this directory."),
-    json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout."),
-    gpu_layers: Optional[int] = typer.Option(None, help="local: layers to offload to the GPU (-1 all)."),
-    threads: Optional[int] = typer.Option(None, help="local: CPU threads."),
-    ctx: Optional[int] = typer.Option(None, help="local: context size in tokens."),
-    raw_prompt: bool = typer.Option(False, "--raw-prompt", help="local: plain text prompt, no chat template."),
-    # -- OpenAI-compatible backends (openai and the presets in 'deval backends'), as for 'deval profile' --
-    base_url: Optional[str] = typer.Option(None, "--base-url",
-                                           help="http: server URL, e.g. http://127.0.0.1:8000/v1 (again on --resume "
-                                                "if it held secrets)."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="http: environment variable with the API key."),
-    concurrency: Optional[int] = typer.Option(None, help="http: requests in flight at once (default 16)."),
-    route: Optional[str] = typer.Option(None, help="http: chat | completions (default: the preset's)."),
-    top_logprobs: Optional[int] = typer.Option(None, "--top-logprobs", help="http: top-k logprobs to ask for."),
-    timeout: Optional[float] = typer.Option(None, help="http: seconds per request attempt (default 120)."),
-    retry_budget: Optional[float] = typer.Option(None, "--retry-budget", help="http: seconds of retrying per request."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="http: generation limit per request."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="http: response cache (default ~/.cache/deval)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="http: do not read or write the response cache."),
-    no_probe: bool = typer.Option(False, "--no-probe", help="http: trust the preset instead of probing the endpoint."),
+    task: TaskOpt = DEFAULT_TASKS,
+    tasks_dir: TasksDirOpt = [],
+    runs: RunsOpt = 10,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    mode: ModeOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    filter_order: FilterOrderOpt = "filters-first",
+    out_dir: OutOpt = None,
+    resume: ResumeOpt = None,
+    json_out: JsonOpt = False,
+    gpu_layers: GpuLayersOpt = None,
+    threads: ThreadsOpt = None,
+    ctx: CtxOpt = None,
+    raw_prompt: RawPromptOpt = False,
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    route: RouteOpt = None,
+    top_logprobs: TopLogprobsOpt = None,
+    timeout: TimeoutOpt = None,
+    retry_budget: RetryBudgetOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    no_probe: NoProbeOpt = False,
 ) -> None:
     """Profile at several temperatures: e-score, ATVD, result TVD against T, measured and derived."""
-    from deval.cli import backend_options, check_range, out
     from deval.report_dynamics import render_sweep
     from deval.store import dumps
     from deval.sweep import SweepConfig, create_sweep_dir, load_sweep_config, parse_temperatures, run_sweep
 
     if resume is not None:
         config = load_sweep_config(resume)
+        config = replace(config, base=with_given_again(config.base, base_url, api_key_env))
         path = Path(resume)
-        if base_url is not None:  # the manifest holds the URL redacted when it had secrets: given again here
-            stored = dict(config.base.backend_options) | backend_options(config.base.backend, base_url=base_url)
-            config = replace(config, base=replace(config.base, backend_options=tuple(sorted(stored.items()))))
     else:
-        if mode is not None and mode not in MODES:
-            raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {mode})")
-        check_range("--runs", runs, lo=1)
-        check_range("--steps", steps, lo=1)
-        filters = _filters(top_k, top_p, min_p, filter_order)
-        catalog = TaskCatalog.load(list(tasks_dir))
-        chosen = tuple(catalog.get(ref) for ref in dict.fromkeys(task))
-        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, ctx=ctx, raw_prompt=raw_prompt,
-                                  base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, route=route,
-                                  top_logprobs=top_logprobs, timeout=timeout, retry_budget=retry_budget,
-                                  max_tokens=max_tokens, cache_dir=str(cache_dir) if cache_dir else None,
-                                  no_cache=no_cache, no_probe=no_probe)
-        base = ProfileConfig(backend=backend, model=model or "", tasks=chosen, runs=runs, steps=steps, seed=seed,
-                             mode=mode, filters=filters, backend_options=tuple(sorted(options.items())))
-        config = SweepConfig(base=base, temperatures=parse_temperatures(temperatures))
+        config = SweepConfig(base=profile_config(locals()), temperatures=parse_temperatures(temperatures))
         path = None
     engine = registry.create(config.base.backend, config.base.model or None, **dict(config.base.backend_options))
     try:
         if path is None:
-            config = SweepConfig(base=ProfileConfig(**{**config.base.__dict__, "model": engine.model}),
-                                 temperatures=config.temperatures)
-            path = create_sweep_dir(out_dir or _default_dir("sweep", engine.model), config, engine)
+            config = replace(config, base=replace(config.base, model=engine.model))
+            path = create_sweep_dir(out_dir or default_dir("sweep", engine.model), config, engine)
         summary = run_sweep(config, engine, path)
     finally:
         engine.close()
@@ -137,7 +102,6 @@ def _exact_backend(backend: str, model: Optional[str], options: dict):
 
 
 def _interrupted(command: str, path: Path) -> typer.Exit:
-    from deval.cli import err
 
     err.print(f"interrupted: every finished record is in {path}; finish with: deval {command} --resume {path}",
               highlight=False, soft_wrap=True)
@@ -164,7 +128,6 @@ def calibration(
 ) -> None:
     """Order and shape calibration on a task with a known valid set: cutoff rules against the oracle."""
     from deval.calibration import rule_grid
-    from deval.cli import backend_options, check_range, out
     from deval.report_dynamics import render_calibration
     from deval.store import create_run_dir, dumps
     from deval.validity_runs import CalibrationConfig, calibration_manifest, load_calibration_config, run_calibration
@@ -175,8 +138,7 @@ def calibration(
     else:
         check_range("--samples", samples, lo=1)
         check_range("--temperature", temperature, lo=0, lo_open=True)
-        if filter_order not in FILTER_ORDERS:
-            raise ConfigError(f"--filter-order must be one of {', '.join(FILTER_ORDERS)} (got {filter_order})")
+        filters_from(None, None, None, filter_order)  # checks the order
         rules = rule_grid(_floats(top_ks, "--top-ks", 1, 10**7, integer=True), _floats(top_ps, "--top-ps", 1e-9, 1),
                           _floats(min_ps, "--min-ps", 0, 1), order=filter_order)
         tasks = tuple(get_valid_set(ref) for ref in dict.fromkeys(task))
@@ -188,7 +150,7 @@ def calibration(
     try:
         if resume is None:
             config = replace(config, model=engine.model)
-            path = create_run_dir(out_dir or _default_dir("calibration", engine.model),
+            path = create_run_dir(out_dir or default_dir("calibration", engine.model),
                                   calibration_manifest(config, engine.describe()))
         else:
             path = Path(resume)
@@ -224,7 +186,6 @@ def diversity(
     raw_prompt: bool = typer.Option(False, "--raw-prompt", help="local: plain text prompt, no chat template."),
 ) -> None:
     """Distinct valid outputs against samples drawn, next to the ideal uniform sampler's curve."""
-    from deval.cli import backend_options, check_range, out
     from deval.report_dynamics import render_diversity
     from deval.store import create_run_dir, dumps
     from deval.validity_runs import DiversityConfig, diversity_manifest, load_diversity_config, run_diversity
@@ -238,7 +199,7 @@ def diversity(
         check_range("--temperature", temperature, lo=0, lo_open=True)
         options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
         config = DiversityConfig(task=get_valid_set(task), samples=samples, temperature=temperature, seed=seed,
-                                 filters=_filters(top_k, top_p, min_p, filter_order), backend=backend,
+                                 filters=filters_from(top_k, top_p, min_p, filter_order), backend=backend,
                                  backend_options=tuple(sorted(options.items())))
         refs = [(None, ref) for ref in [model, *compare]]
     engines = {}
@@ -252,7 +213,7 @@ def diversity(
             engines[label] = engine
         if resume is None:
             config = replace(config, models=tuple((label, e.model) for label, e in engines.items()))
-            path = create_run_dir(out_dir or _default_dir("diversity", next(iter(engines.values())).model),
+            path = create_run_dir(out_dir or default_dir("diversity", next(iter(engines.values())).model),
                                   diversity_manifest(config, {k: e.describe() for k, e in engines.items()}))
         else:
             path = Path(resume)

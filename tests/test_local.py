@@ -1,14 +1,12 @@
 """The local backend on the real embedded SmolLM2 GGUF (no mocks)."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
 from conftest import needs_model, one_line_error, run_cli
 from deval.backend import Filters, RunSpec, run_seed
-from deval.errors import ConfigError
 from deval.tasks import TaskCatalog
 
 pytestmark = [needs_model, pytest.mark.model]
