@@ -48,7 +48,8 @@ class Rule:
         return cls(label=d["label"], filters=Filters(**d["filters"]), oracle=bool(d["oracle"]))
 
 
-def rule_grid(top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P, min_p=DEFAULT_MIN_P, order: str = "filters-first") -> list[Rule]:
+def rule_grid(top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P, min_p=DEFAULT_MIN_P,
+              order: str = "filters-first") -> list[Rule]:
     """The oracle, no cutoff, then top-k, top-p and min-p at each setting."""
     return ([Rule("oracle", oracle=True), Rule("none")]
             + [Rule(f"top-k {k}", Filters(top_k=k, order=order)) for k in top_k]

@@ -22,7 +22,8 @@ DEFAULT_TASKS = ["extreme", "flat"]
 
 # Options that `profile` and `sweep` share (typer reads these Annotated declarations).
 BackendOpt = Annotated[str, typer.Option(help="Backend name or preset (see 'deval backends').")]
-ModelOpt = Annotated[Optional[str], typer.Option(help="Model: a GGUF path (local), a model name (HTTP), d/e/... (mock).")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    help="Model: a GGUF path (local), a model name (HTTP), d/e/... (mock).")]
 TaskOpt = Annotated[List[str], typer.Option("--task", help="Task name or .toml path; repeatable.")]
 TasksDirOpt = Annotated[List[Path], typer.Option("--tasks-dir", help="Extra directory of task TOML files.")]
 RunsOpt = Annotated[int, typer.Option(help="Runs per task (and temperature).")]
@@ -42,14 +43,17 @@ CtxOpt = Annotated[Optional[int], typer.Option(help="local: context size in toke
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="local: plain text prompt, no chat template.")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option(
     "--base-url", help="http: server URL, e.g. http://127.0.0.1:8000/v1 (again on --resume if it held secrets).")]
-ApiKeyEnvOpt = Annotated[Optional[str], typer.Option("--api-key-env", help="http: environment variable with the API key.")]
+ApiKeyEnvOpt = Annotated[Optional[str], typer.Option(
+    "--api-key-env", help="http: environment variable with the API key.")]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="http: requests in flight at once (default 16).")]
 RouteOpt = Annotated[Optional[str], typer.Option(help="http: chat | completions (default: the preset's).")]
 TopLogprobsOpt = Annotated[Optional[int], typer.Option("--top-logprobs", help="http: top-k logprobs to ask for.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(help="http: seconds per request attempt (default 120).")]
-RetryBudgetOpt = Annotated[Optional[float], typer.Option("--retry-budget", help="http: seconds of retrying per request.")]
+RetryBudgetOpt = Annotated[Optional[float], typer.Option(
+    "--retry-budget", help="http: seconds of retrying per request.")]
 MaxTokensOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="http: generation limit per request.")]
-CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="http: response cache (default ~/.cache/deval).")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="http: response cache (default ~/.cache/deval).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="http: do not read or write the response cache.")]
 NoProbeOpt = Annotated[bool, typer.Option("--no-probe", help="http: trust the preset instead of probing the endpoint.")]
 

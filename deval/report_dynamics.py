@@ -26,7 +26,8 @@ def _filters_text(filters: dict) -> str:
 def render_sweep(summary: dict, console: Console | None = None, where: str | None = None) -> None:
     console = console or Console()
     console.print(Text.from_markup(
-        f"temperature sweep · backend [bold]{summary['backend']}[/] · model [bold]{escape(str(summary['model']))}[/] · "
+        f"temperature sweep · backend [bold]{summary['backend']}[/] · "
+        f"model [bold]{escape(str(summary['model']))}[/] · "
         f"runs {summary['runs']} per temperature · seed {summary['seed']}{_filters_text(summary['filters'])}"))
     filtered = any(v is not None for k, v in summary["filters"].items() if k != "order")
     for name, s in summary["tasks"].items():
@@ -81,7 +82,8 @@ def render_sweep(summary: dict, console: Console | None = None, where: str | Non
 def render_calibration(summary: dict, console: Console | None = None, where: str | None = None) -> None:
     console = console or Console()
     console.print(Text.from_markup(
-        f"calibration · backend [bold]{summary['backend']}[/] · model [bold]{escape(str(summary['model']))}[/] · temperature "
+        f"calibration · backend [bold]{summary['backend']}[/] · "
+        f"model [bold]{escape(str(summary['model']))}[/] · temperature "
         f"{summary['temperature']:g} · {summary['samples']} samples per rule · seed {summary['seed']} · filter order "
         f"{summary['filter_order']}"))
     for name, s in summary["tasks"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,11 +56,14 @@ class TaskArrays:
                    tail_cap=tail_cap)
 
 
-def bootstrap_stat(per_run: np.ndarray, rng: np.random.Generator) -> dict:
-    """{"mean": mean over runs (NaN ignored), "ci": seeded 95% bootstrap interval over runs} of per-run values."""
+def bootstrap_stat(per_run: np.ndarray, seed: int, name: str) -> dict:
+    """{"mean": mean over runs (NaN ignored), "ci": seeded 95% bootstrap interval over runs} of per-run values.
+
+    Each quantity resamples runs with its own generator, keyed by (seed, name): adding a metric moves no other
+    interval, and quantities that share a name (e-score and extremity) share their resamples."""
     values = np.asarray(per_run, dtype=float)
     mean = float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
-    lo, hi = metrics.bootstrap_ci(values, rng)
+    lo, hi = metrics.bootstrap_ci(values, np.random.default_rng([seed, zlib.crc32(name.encode())]))
     return {"mean": mean, "ci": [lo, hi]}
 
 
@@ -67,7 +71,6 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
     """Every per-task number of the report; means carry a seeded 95% bootstrap interval over runs."""
     arrays = TaskArrays.from_steps(task, steps)
     p_task = task.p_task
-    rng = np.random.default_rng(seed)
     ptok = metrics.p_token(arrays.probs)
     e_t = np.max(np.where(np.isnan(ptok), -np.inf, ptok), axis=-1)
     e_t = np.where(np.isinf(e_t), np.nan, e_t)
@@ -76,14 +79,15 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
     pooled = run_counts.sum(axis=0)
     e_runs = metrics.run_means(e_t)
     summary = {
-        "e_score": bootstrap_stat(e_runs, rng),
-        "atvd": bootstrap_stat(metrics.run_means(tv_t), rng),
-        "result_tvd": bootstrap_stat(metrics.result_tvd(run_counts, p_task), rng),
-        "on_set_mass": bootstrap_stat(metrics.run_means(metrics.on_set_mass(arrays.probs)), rng),
-        "volatility": bootstrap_stat(metrics.run_means(metrics.volatility(ptok)), rng),
-        "quota_r": bootstrap_stat(metrics.quota_r(ptok, arrays.sampled, p_task), rng),
-        "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), rng),
-        "extremity": bootstrap_stat(metrics.extremity(e_runs, p_task), rng),
+        "e_score": bootstrap_stat(e_runs, seed, "e_score"),
+        "atvd": bootstrap_stat(metrics.run_means(tv_t), seed, "atvd"),
+        "result_tvd": bootstrap_stat(metrics.result_tvd(run_counts, p_task), seed, "result_tvd"),
+        "on_set_mass": bootstrap_stat(metrics.run_means(metrics.on_set_mass(arrays.probs)), seed,
+                                      "on_set_mass"),
+        "volatility": bootstrap_stat(metrics.run_means(metrics.volatility(ptok)), seed, "volatility"),
+        "quota_r": bootstrap_stat(metrics.quota_r(ptok, arrays.sampled, p_task), seed, "quota_r"),
+        "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), seed, "entropy"),
+        "extremity": bootstrap_stat(metrics.extremity(e_runs, p_task), seed, "e_score"),
         "invalid_rate": metrics.invalid_rate(arrays.sampled),
         "chi2_p": metrics.chi2_p(pooled, p_task),
         "pooled_result_tvd": float(metrics.result_tvd(pooled[None, :], p_task)[0]),
@@ -92,9 +96,10 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
         "mean_p_token": {x: float(v) for x, v in zip(task.items, np.nanmean(ptok, axis=(0, 1)))},
         "runs": int(arrays.probs.shape[0]),
         "positions": int(np.sum(arrays.sampled != metrics.PAD)),
-        "kept_coverage": bootstrap_stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), rng),
+        "kept_coverage": bootstrap_stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), seed,
+                                        "kept_coverage"),
         "tail_mass": bootstrap_stat(metrics.run_means(np.where(arrays.sampled == metrics.PAD, np.nan, arrays.tail)),
-                                    rng),
+                                    seed, "tail_mass"),
         "flags": list(arrays.flags),
     }
     summary.update(_tail_bounds(arrays, p_task))

@@ -163,14 +163,14 @@ def derive_task(task, steps: list[Step], temperatures: tuple[float, ...], seed: 
         for s, v in zip(steps, values):
             probs[index[s.run], s.step] = v
         ptok = metrics.p_token(probs)
-        rng = np.random.default_rng(seed)
         e_t = np.nanmax(np.where(np.isnan(ptok), -np.inf, ptok), axis=-1)
         e_t = np.where(np.isinf(e_t), np.nan, e_t)
-        out[t] = {"e_score": bootstrap_stat(metrics.run_means(e_t), rng),
-                  "atvd": bootstrap_stat(metrics.run_means(metrics.tv(ptok, task.p_task)), rng),
-                  "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), rng)}
+        out[t] = {"e_score": bootstrap_stat(metrics.run_means(e_t), seed, "derived_e_score"),
+                  "atvd": bootstrap_stat(metrics.run_means(metrics.tv(ptok, task.p_task)), seed, "derived_atvd"),
+                  "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), seed, "derived_entropy")}
         if absolute:
-            out[t]["on_set_mass"] = bootstrap_stat(metrics.run_means(metrics.on_set_mass(probs)), rng)
+            out[t]["on_set_mass"] = bootstrap_stat(metrics.run_means(metrics.on_set_mass(probs)), seed,
+                                                   "derived_on_set_mass")
     return out
 
 

@@ -103,3 +103,11 @@ def test_filters_shrink_the_kept_set(tmp_path):
     flat = summary["tasks"]["flat"]
     assert flat["e_score"]["mean"] == pytest.approx(1.0)
     assert np.isclose(flat["on_set_mass"]["mean"], 1.0)
+
+
+def test_extremity_interval_is_the_e_score_interval_transformed(tmp_path):
+    summary, _, _ = profile("e", tmp_path, runs=6, steps=5)
+    flat = summary["tasks"]["flat"]
+    top = max(flat["p_task"].values())
+    lo, hi = flat["e_score"]["ci"]
+    assert flat["extremity"]["ci"] == pytest.approx([(lo - top) / (1 - top), (hi - top) / (1 - top)])
