@@ -105,7 +105,8 @@ def _run_with_progress(config: ProfileConfig, engine, run_dir: RunDir, quiet: bo
         return run_profile(config, engine, run_dir)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=True) as progress:
-        bar = progress.add_task(f"measuring {engine.model}", total=total)
+        done = len(run_dir.completed_steps())  # a resumed run starts part-way
+        bar = progress.add_task(f"measuring {Path(engine.model).name}", total=total, completed=min(done, total))
         return run_profile(config, engine, run_dir, on_step=lambda step: progress.advance(bar))
 
 
