@@ -194,3 +194,24 @@ def test_next_logprobs_does_not_depend_on_earlier_calls(backend):
     for a, b in zip(forward, backward):
         assert np.array_equal(a, b)
     assert np.array_equal(alone, forward[2])
+
+
+def test_item_sampler_draws_items_with_their_probabilities(backend):
+    """The sampler walks the trie with the same distributions the item probabilities come from (chi-square)."""
+    from scipy import stats
+    s = spec("uniform-10", steps=1)
+    trie = backend.item_trie(s.task.items)
+    context = tuple(backend.prompt_tokens(s.prompt))
+    probs, dists, _ = backend._item_distribution(context, trie, s, backend._evaluate(context, trie.lookahead()))
+    rng = np.random.default_rng(0)
+    n = 20000
+    counts = np.zeros(len(probs) + 1)
+    for _ in range(n):
+        item = backend._sample_item(trie, dists, rng)[1]
+        counts[-1 if item is None else item] += 1
+    expected = np.append(probs, 1.0 - probs.sum()) * n
+    big = expected > 5
+    observed = np.append(counts[big], counts[~big].sum())
+    wanted = np.append(expected[big], expected[~big].sum())
+    keep = wanted > 0
+    assert stats.chisquare(observed[keep], wanted[keep] * observed.sum() / wanted[keep].sum()).pvalue > 1e-3

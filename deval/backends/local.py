@@ -236,18 +236,26 @@ class LocalBackend:
         return probs, dists, node_rows
 
     def _sample_item(self, trie: ItemTrie, dists: dict, rng: np.random.Generator) -> tuple[tuple[int, ...], int | None]:
-        """Sample tokens down the trie from the same distributions; returns the path and the item (or None)."""
+        """Sample tokens down the trie from the same distributions; returns the path and the item (or None).
+
+        Exact inverse-CDF sampling with the trie's tokens first: one uniform number decides between each child
+        token and 'anything else', so the whole vocabulary is only walked when the draw leaves the items."""
         node: tuple[int, ...] = ()
         while True:
-            tok = draw(dists[node], rng)
-            if tok in trie.children.get(node, ()):
-                node = node + (tok,)
+            dist = dists[node]
+            kids = sorted(trie.children.get(node, ()))
+            cum = np.cumsum(np.exp(dist[kids])) if kids else np.zeros(1)
+            u = rng.random()
+            if kids and u < cum[-1]:
+                node = node + (kids[int(np.searchsorted(cum, u, side="right"))],)
                 if node not in trie.children:
                     return node, trie.ends.get(node)
                 continue
-            if node in trie.ends:  # the item ended here: the drawn token is not part of it
+            if node in trie.ends:  # the item ended here: what comes next is not part of it
                 return node, trie.ends[node]
-            return node + (tok,), None
+            rest = dist.copy()
+            rest[kids] = -np.inf
+            return node + (draw(rest, rng),), None  # off the items: which token, for the record
 
     def _run(self, spec: RunSpec) -> Iterator[Step]:
         rng = np.random.default_rng(spec.seed)
