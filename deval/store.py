@@ -14,12 +14,6 @@ from deval.errors import ConfigError
 MANIFEST, STEPS, SUMMARY = "manifest.json", "steps.jsonl", "summary.json"
 
 
-def _json_default(value):
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
 def clean(value):
     """JSON-safe copy: NaN and infinities become null, numpy scalars plain numbers."""
     if isinstance(value, dict):
@@ -71,7 +65,7 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._steps_file = None
+        self._log = RecordLog(self.path / STEPS)
 
     @classmethod
     def create(cls, path: Path, manifest: dict) -> "RunDir":
@@ -101,50 +95,31 @@ class RunDir:
         dump_json(self.path / SUMMARY, summary)
 
     def steps(self) -> list[Step]:
-        """Every complete step line; a torn last line (crash mid-write) is ignored."""
-        path = self.path / STEPS
-        if not path.exists():
-            return []
-        steps = []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for n, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                steps.append(Step.from_record(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                if n == len(lines) - 1:
-                    break
-                raise ConfigError(f"{path}: line {n + 1} is damaged; delete that line and --resume") from None
-        return steps
+        """Every complete step line; a torn last line (crash mid-write) is skipped."""
+        return self._steps(self._log.read(repair=False))
 
     def completed_steps(self) -> list[Step]:
         """Steps of runs that finished; rewrites steps.jsonl without partial runs so a resume can redo them."""
-        steps = self.steps()
+        records = self._log.read()
+        steps = self._steps(records)
         done = {(s.task, s.run) for s in steps if s.final}
         kept = [s for s in steps if (s.task, s.run) in done]
-        if len(kept) != len(steps) or self._has_torn_line():
-            tmp = self.path / (STEPS + ".tmp")
-            with tmp.open("w", encoding="utf-8") as fh:
-                for s in kept:
-                    fh.write(json.dumps(s.to_record(), default=_json_default) + "\n")
-            os.replace(tmp, self.path / STEPS)
+        if len(kept) != len(steps):
+            self._log.rewrite([s.to_record() for s in kept])
         return kept
 
-    def _has_torn_line(self) -> bool:
-        data = (self.path / STEPS).read_bytes()
-        return bool(data) and not data.endswith(b"\n")
+    def _steps(self, records: list[dict]) -> list[Step]:
+        try:
+            return [Step.from_record(r) for r in records]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{self._log.path}: a step record is damaged ({exc}); delete that line and "
+                              f"--resume") from None
 
     def append(self, step: Step) -> None:
-        if self._steps_file is None:
-            self._steps_file = (self.path / STEPS).open("a", encoding="utf-8")
-        self._steps_file.write(json.dumps(step.to_record(), default=_json_default) + "\n")
-        self._steps_file.flush()
+        self._log.append(step.to_record())
 
     def close(self) -> None:
-        if self._steps_file is not None:
-            self._steps_file.close()
-            self._steps_file = None
+        self._log.close()
 
 
 class RecordLog:
@@ -154,8 +129,9 @@ class RecordLog:
         self.path = Path(path)
         self._file = None
 
-    def read(self) -> list[dict]:
-        """Every complete record; a torn last line (crash mid-write) is cut off the file so appends stay clean."""
+    def read(self, repair: bool = True) -> list[dict]:
+        """Every complete record; a torn last line (crash mid-write) is skipped, and with `repair` cut off the
+        file so appends stay clean (readers of a run that may still be written leave the file alone)."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
@@ -170,11 +146,17 @@ class RecordLog:
                 if n == len(lines) - 1:
                     break
                 raise ConfigError(f"{self.path}: line {n + 1} is damaged; delete that line and --resume") from None
-        if len(records) != sum(1 for line in lines if line.strip()) or (data and not data.endswith(b"\n")):
-            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-            tmp.write_text("".join(dumps(r, indent=None) + "\n" for r in records), encoding="utf-8")
-            os.replace(tmp, self.path)
+        torn = len(records) != sum(1 for line in lines if line.strip()) or (data and not data.endswith(b"\n"))
+        if repair and torn:
+            self.rewrite(records)
         return records
+
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace the file's contents atomically."""
+        self.close()
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text("".join(dumps(r, indent=None) + "\n" for r in records), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def append(self, record: dict) -> None:
         if self._file is None:
