@@ -54,10 +54,10 @@ class Task:
 
 def builtin_tasks_dir() -> Path:
     """The shipped tasks: inside the installed wheel, or at the top of a source checkout."""
-    return _data_dir("tasks")
+    return data_dir("tasks")
 
 
-def _data_dir(name: str) -> Path:
+def data_dir(name: str) -> Path:
     here = Path(__file__).resolve().parent
     installed = here / "_data" / name
     return installed if installed.is_dir() else here.parent / name
@@ -126,16 +126,20 @@ def _check_template(template, fieldname: str, fail) -> str:
     return template
 
 
-def load_task_file(path: Path) -> Task:
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML data file (a task, valid set or preset) as a dict; every failure is a one-line ConfigError."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"task file {path} not found; check the path") from None
+        raise ConfigError(f"{what} file {path} not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"task file {path} cannot be read ({exc}); check the path") from None
+        raise ConfigError(f"{what} file {path} cannot be read ({exc}); check the path") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
-    return task_from_dict(data, str(path))
+
+
+def load_task_file(path: Path) -> Task:
+    return task_from_dict(read_toml(path, "task"), str(path))
 
 
 @dataclass

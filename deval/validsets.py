@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from deval.errors import ConfigError
-from deval.tasks import TaskCatalog, builtin_tasks_dir
+from deval.tasks import TaskCatalog, builtin_tasks_dir, read_toml
 
 KIND = "valid-set"
 FIELDS = {"name", "kind", "description", "members", "prompt"}
@@ -65,15 +64,7 @@ def valid_set_from_dict(data: dict, source: str) -> ValidSetTask:
 
 
 def load_valid_set_file(path: Path) -> ValidSetTask:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"valid-set file {path} not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"valid-set file {path} cannot be read ({exc}); check the path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
-    return valid_set_from_dict(data, str(path))
+    return valid_set_from_dict(read_toml(path, "valid-set"), str(path))
 
 
 def builtin_valid_sets_dir() -> Path:

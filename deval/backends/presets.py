@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from deval.errors import ConfigError
-from deval.tasks import _data_dir
+from deval.tasks import data_dir, read_toml
 
 ROUTES = ("chat", "completions")
 LOGPROB_KINDS = ("raw", "processed", "unknown")
@@ -33,7 +32,7 @@ class Preset:
 
 def presets_dir() -> Path:
     """The shipped presets: inside the installed wheel, or at the top of a source checkout."""
-    return _data_dir("backends")
+    return data_dir("backends")
 
 
 def preset_from_dict(data: dict, source: str) -> Preset:
@@ -85,11 +84,7 @@ def load_presets(directory: Path | None = None) -> dict[str, Preset]:
     directory = directory or presets_dir()
     out = {}
     for path in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"preset {path} cannot be read ({exc}); fix or remove it") from None
-        preset = preset_from_dict(data, str(path))
+        preset = preset_from_dict(read_toml(path, "preset"), str(path))
         out[preset.name] = preset
     return out
 
