@@ -58,6 +58,7 @@ def builtin_tasks_dir() -> Path:
 
 
 def data_dir(name: str) -> Path:
+    """A shipped data folder (tasks, backends): inside the installed wheel, else at the top of the checkout."""
     here = Path(__file__).resolve().parent
     installed = here / "_data" / name
     return installed if installed.is_dir() else here.parent / name
