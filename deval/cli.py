@@ -18,7 +18,7 @@ from deval.cli_common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
-                              default_dir, err, out, profile_config, with_given_again)
+                              default_dir, err, interrupted, out, profile_config, with_given_again)
 from deval.cli_dynamics import register as register_dynamics
 from deval.cli_dynamics import render_run
 from deval.errors import ConfigError, DevalError
@@ -87,9 +87,7 @@ def profile(
         try:
             summary = _run_with_progress(config, engine, run_dir, quiet=json_out)
         except KeyboardInterrupt:
-            err.print(f"interrupted: every finished step is in {run_dir.path}; "
-                      f"finish with: deval profile --resume {run_dir.path}", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            raise interrupted("profile", run_dir.path) from None
     finally:
         engine.close()
     if json_out:

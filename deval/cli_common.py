@@ -82,6 +82,20 @@ def backend_options(backend: str, **given) -> dict:
     return chosen
 
 
+def check_local(ctx: int | None, threads: int | None, gpu_layers: int | None) -> None:
+    """Range checks for the local backend's options."""
+    check_range("--ctx", ctx, lo=64)
+    check_range("--threads", threads, lo=1)
+    check_range("--gpu-layers", gpu_layers, lo=-1)
+
+
+def interrupted(command: str, path: Path) -> typer.Exit:
+    """Say where the finished work is and how to finish the rest; exit 130."""
+    err.print(f"interrupted: every finished record is in {path}; finish with: deval {command} --resume {path}",
+              highlight=False, soft_wrap=True)
+    return typer.Exit(130)
+
+
 def filters_from(top_k, top_p, min_p, filter_order) -> Filters:
     if filter_order not in FILTER_ORDERS:
         raise ConfigError(f"--filter-order must be one of {', '.join(FILTER_ORDERS)} (got {filter_order})")
@@ -99,9 +113,7 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     check_range("--runs", o["runs"], lo=1)
     check_range("--steps", o["steps"], lo=1)
     check_range("--temperature", temperature, lo=0, lo_open=True)
-    check_range("--ctx", o["ctx"], lo=64)
-    check_range("--threads", o["threads"], lo=1)
-    check_range("--gpu-layers", o["gpu_layers"], lo=-1)
+    check_local(o["ctx"], o["threads"], o["gpu_layers"])
     filters = filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"])
     catalog = TaskCatalog.load(list(o["tasks_dir"]))
     tasks = tuple(catalog.get(ref) for ref in dict.fromkeys(o["task"]))

@@ -14,7 +14,8 @@ from deval.cli_common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
-                              backend_options, check_range, default_dir, err, filters_from, out, profile_config,
+                              backend_options, check_local, check_range, default_dir, filters_from, interrupted, out,
+                              profile_config,
                               with_given_again)
 from deval.errors import ConfigError
 
@@ -69,7 +70,10 @@ def sweep(
         if path is None:
             config = replace(config, base=replace(config.base, model=engine.model))
             path = create_sweep_dir(out_dir or default_dir("sweep", engine.model), config, engine)
-        summary = run_sweep(config, engine, path)
+        try:
+            summary = run_sweep(config, engine, path)
+        except KeyboardInterrupt:
+            raise interrupted("sweep", path) from None
     finally:
         engine.close()
     if json_out:
@@ -102,13 +106,6 @@ def _exact_backend(backend: str, model: Optional[str], options: dict):
         raise
 
 
-def _interrupted(command: str, path: Path) -> typer.Exit:
-
-    err.print(f"interrupted: every finished record is in {path}; finish with: deval {command} --resume {path}",
-              highlight=False, soft_wrap=True)
-    return typer.Exit(130)
-
-
 def calibration(
     task: List[str] = typer.Option(["vowels"], "--task", help="Valid-set task name or .toml path; repeatable."),
     backend: str = typer.Option("local", help="A backend with exact next-token distributions (local)."),
@@ -118,14 +115,14 @@ def calibration(
     top_ks: str = typer.Option("1,5,20,50", "--top-ks", help="top-k settings to score, comma-separated."),
     top_ps: str = typer.Option("0.5,0.9,0.95", "--top-ps", help="top-p settings to score."),
     min_ps: str = typer.Option("0.05,0.1,0.2", "--min-ps", help="min-p settings to score."),
-    filter_order: str = typer.Option("filters-first", help="filters-first (llama.cpp) | temperature-first (HF)."),
+    filter_order: FilterOrderOpt = "filters-first",
     seed: int = typer.Option(0, help="Seed for sampling."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<time>-calibration-…)."),
     resume: Optional[Path] = typer.Option(None, help="Finish an interrupted calibration run in this directory."),
-    json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout."),
-    gpu_layers: Optional[int] = typer.Option(None, help="local: layers to offload to the GPU (-1 all)."),
-    threads: Optional[int] = typer.Option(None, help="local: CPU threads."),
-    raw_prompt: bool = typer.Option(False, "--raw-prompt", help="local: plain text prompt, no chat template."),
+    json_out: JsonOpt = False,
+    gpu_layers: GpuLayersOpt = None,
+    threads: ThreadsOpt = None,
+    raw_prompt: RawPromptOpt = False,
 ) -> None:
     """Order and shape calibration on a task with a known valid set: cutoff rules against the oracle."""
     from deval.calibration import rule_grid
@@ -139,6 +136,7 @@ def calibration(
     else:
         check_range("--samples", samples, lo=1)
         check_range("--temperature", temperature, lo=0, lo_open=True)
+        check_local(None, threads, gpu_layers)
         filters_from(None, None, None, filter_order)  # checks the order
         rules = rule_grid(_floats(top_ks, "--top-ks", 1, 10**7, integer=True), _floats(top_ps, "--top-ps", 1e-9, 1),
                           _floats(min_ps, "--min-ps", 0, 1), order=filter_order)
@@ -158,7 +156,7 @@ def calibration(
         try:
             summary = run_calibration(config, engine, path, engine.describe())
         except KeyboardInterrupt:
-            raise _interrupted("calibration", path) from None
+            raise interrupted("calibration", path) from None
     finally:
         engine.close()
     if json_out:
@@ -174,17 +172,17 @@ def diversity(
     model: Optional[str] = typer.Option(None, help="GGUF path (default: the embedded SmolLM2)."),
     compare: List[str] = typer.Option([], "--compare", help="Another model (GGUF path) on the same chart; repeatable."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Keep the smallest set reaching mass p."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep tokens with p >= min_p * max p."),
-    filter_order: str = typer.Option("filters-first", help="filters-first (llama.cpp) | temperature-first (HF)."),
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    filter_order: FilterOrderOpt = "filters-first",
     seed: int = typer.Option(0, help="Seed for sampling (the same for every model)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<time>-diversity-…)."),
     resume: Optional[Path] = typer.Option(None, help="Finish an interrupted diversity run in this directory."),
-    json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout."),
-    gpu_layers: Optional[int] = typer.Option(None, help="local: layers to offload to the GPU (-1 all)."),
-    threads: Optional[int] = typer.Option(None, help="local: CPU threads."),
-    raw_prompt: bool = typer.Option(False, "--raw-prompt", help="local: plain text prompt, no chat template."),
+    json_out: JsonOpt = False,
+    gpu_layers: GpuLayersOpt = None,
+    threads: ThreadsOpt = None,
+    raw_prompt: RawPromptOpt = False,
 ) -> None:
     """Distinct valid outputs against samples drawn, next to the ideal uniform sampler's curve."""
     from deval.report_dynamics import render_diversity
@@ -198,6 +196,7 @@ def diversity(
     else:
         check_range("--samples", samples, lo=1)
         check_range("--temperature", temperature, lo=0, lo_open=True)
+        check_local(None, threads, gpu_layers)
         options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
         config = DiversityConfig(task=get_valid_set(task), samples=samples, temperature=temperature, seed=seed,
                                  filters=filters_from(top_k, top_p, min_p, filter_order), backend=backend,
@@ -221,7 +220,7 @@ def diversity(
         try:
             summary = run_diversity(config, engines, path, {k: e.describe() for k, e in engines.items()})
         except KeyboardInterrupt:
-            raise _interrupted("diversity", path) from None
+            raise interrupted("diversity", path) from None
     finally:
         for engine in engines.values():
             engine.close()
