@@ -23,9 +23,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deval.backend import RunSpec, run_seed  # noqa: E402
+from deval.core.protocol import RunSpec, run_seed  # noqa: E402
 from deval.backends.openai import OpenAIBackend  # noqa: E402
-from deval.tasks import TaskCatalog  # noqa: E402
+from deval.core.tasks import TaskCatalog  # noqa: E402
 
 
 def start_stub(delay: float) -> tuple[subprocess.Popen, str]:

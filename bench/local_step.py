@@ -18,11 +18,11 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-from llama_cpp import Llama
 
-from deval.backend import RunSpec, run_seed
-from deval.backends.local import LocalBackend
-from deval.tasks import TaskCatalog
+from deval.core.protocol import RunSpec, run_seed
+from deval.backends.local import LocalBackend, open_llama
+from llama_cpp import Llama  # annotations
+from deval.core.tasks import TaskCatalog
 
 
 @contextmanager
@@ -77,9 +77,9 @@ def main() -> None:
     specs = [RunSpec(task=task, run=r, seed=run_seed(0, task.name, r), mode="sequence", steps=args.steps)
              for r in range(args.runs)]
     backend = LocalBackend(threads=args.threads, gpu_layers=args.gpu_layers)
-    kwargs = dict(model_path=backend.model, n_ctx=backend.n_ctx, n_threads=args.threads,
+    kwargs = dict(n_ctx=backend.n_ctx, n_threads=args.threads,
                   n_gpu_layers=backend.gpu_layers, verbose=False)
-    bare, full = Llama(**kwargs), Llama(logits_all=True, **kwargs)
+    bare, full = open_llama(backend.model, **kwargs), open_llama(backend.model, logits_all=True, **kwargs)
     prompt = backend.prompt_tokens(specs[0].prompt)
     prompt_text = backend.llm.detokenize(prompt, special=True).decode("utf-8", "replace")
     chunks = deval_chunks(backend, specs)  # warm-up, and the tokens the floor replays

@@ -1,3 +1,3 @@
 """deval: profile how a language model samples."""
 
-__version__ = "0.1.0"
+from deval.version import __version__  # noqa: F401

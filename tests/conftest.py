@@ -17,7 +17,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """`deval ARGS` in a subprocess; returns the CompletedProcess (text)."""
     full_env = {**os.environ, "COLUMNS": "100", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in ((env or {}).get("PYTHONPATH"), str(ROOT)) if p)
-    return subprocess.run([sys.executable, "-m", "deval.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deval.cli.main", *args], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout)
 
 

@@ -49,7 +49,7 @@ class FakeTrieBackend:
     Its next-token rows depend only on (run seed, step, token path), never on what was sampled, so P_token at any
     temperature re-tempered from the T=1 record equals what a run at that temperature measures, at every step.
     `measure` computes p_t(item) by brute force over every token sequence (no trie walk), independently of
-    deval.sweep's chain rule.
+    deval.analyses.sweep's chain rule.
     """
 
     name = "fake-trie"
@@ -98,7 +98,7 @@ class FakeTrieBackend:
         return probs
 
     def measure(self, runs):
-        from deval.backend import Step, TrieLogprobs
+        from deval.core.protocol import Step, TrieLogprobs
 
         for spec in runs:
             rng = np.random.default_rng(spec.seed)

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from deval.backend import Filters
-from deval.calibration import Rule, auroc, calibrate, node_metrics, rule_grid, trie_nodes
-from deval.diversity import diversity, expected_curve, ideal_curve, member_probabilities, observed_curve
+from deval.core.sampling import Filters
+from deval.analyses.calibration import Rule, auroc, calibrate, node_metrics, rule_grid, trie_nodes
+from deval.analyses.diversity import diversity, expected_curve, ideal_curve, member_probabilities, observed_curve
 from deval.errors import ConfigError
-from deval.exact import CachedModel, ValidityOracle, Vocab
-from deval.validsets import builtin_valid_sets, get_valid_set, load_valid_set_file, valid_set_from_dict
+from deval.core.exact import CachedModel, ValidityOracle, Vocab
+from deval.core.validsets import builtin_valid_sets, get_valid_set, load_valid_set_file, valid_set_from_dict
 from exact_fakes import VOCAB, FakeExact
 
 
@@ -113,7 +113,7 @@ def test_member_probabilities_match_sampling_frequencies():
     prompt = model.prompt_tokens("")
     q, unexplored = member_probabilities(cached, oracle, prompt, Rule("none"), 1.0, 8, prune=1e-9)
     assert unexplored < 1e-6
-    from deval.calibration import sample_answer
+    from deval.analyses.calibration import sample_answer
     rng = np.random.default_rng(3)
     n = 4000
     answers = [sample_answer(cached, oracle, prompt, Rule("none"), 1.0, 8, rng) for _ in range(n)]
@@ -147,8 +147,8 @@ def test_oracle_samples_are_always_valid_even_with_many_tokenisations():
     model = FakeExact(favourite=b" ", sharpness=4.0)  # loves leading spaces
     oracle = ValidityOracle(Task.members, Vocab(model))
     assert not oracle.moves(b"  ").extend[VOCAB.index(b" ")]  # at most two leading spaces
-    from deval.calibration import sample_answer
-    from deval.exact import max_answer_tokens
+    from deval.analyses.calibration import sample_answer
+    from deval.core.exact import max_answer_tokens
     cached, rng = CachedModel(model), np.random.default_rng(0)
     answers = [sample_answer(cached, oracle, model.prompt_tokens(""), Rule("oracle", oracle=True), 1.0,
                              max_answer_tokens(Task.members), rng) for _ in range(200)]

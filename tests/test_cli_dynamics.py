@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deval import backends as registry
-from deval.cli import app
+from deval.cli.main import app
 from deval.errors import ConfigError
 from conftest import one_line_error, run_cli
 from exact_fakes import FakeExact

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 
 from conftest import needs_model, run_cli
-from deval.backend import RunSpec, run_seed
-from deval.calibration import calibrate, rule_grid
-from deval.diversity import diversity
-from deval.calibration import Rule
-from deval.profile import ProfileConfig
-from deval.store import RunDir
-from deval.sweep import SweepConfig, run_sweep, temperature_dir, trie_item_probs
-from deval.tasks import TaskCatalog
-from deval.validsets import get_valid_set
+from deval.core.protocol import RunSpec, run_seed
+from deval.analyses.calibration import calibrate, rule_grid
+from deval.analyses.diversity import diversity
+from deval.analyses.calibration import Rule
+from deval.analyses.profile import ProfileConfig
+from deval.runs.store import RunDir
+from deval.analyses.sweep import SweepConfig, run_sweep, temperature_dir, trie_item_probs
+from deval.core.tasks import TaskCatalog
+from deval.core.validsets import get_valid_set
 
 pytestmark = [needs_model, pytest.mark.model]
 

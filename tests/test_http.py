@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import respx
 
-from deval.backend import RunSpec
+from deval.core.protocol import RunSpec
 from deval.backends.http import RetryPolicy, Transient, Transport, retry_after_seconds
 from deval.backends.openai import OpenAIBackend
 from deval.errors import BackendError, BackendUnavailable, ConfigError
-from deval.tasks import TaskCatalog
+from deval.core.tasks import TaskCatalog
 from stubserver import response_for
 
 URL = "https://api.example.test/v1"

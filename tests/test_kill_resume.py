@@ -16,7 +16,7 @@ ARGS = ["--backend", "llama-server", "--model", "stub", "--task", "extreme", "--
 
 
 def command(*args):
-    return [sys.executable, "-m", "deval.cli", "profile", *args]
+    return [sys.executable, "-m", "deval.cli.main", "profile", *args]
 
 
 def env():
@@ -51,7 +51,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
                 proc.wait(10)
         done = finished_runs(run / "steps.jsonl")
         assert 2 <= done < 8 and not (run / "summary.json").exists()
-        resumed = subprocess.run([sys.executable, "-m", "deval.cli", "profile", "--resume", str(run), "--json"],
+        resumed = subprocess.run([sys.executable, "-m", "deval.cli.main", "profile", "--resume", str(run), "--json"],
                                  capture_output=True, text=True, env=env(), timeout=120)
         assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout) == json.loads(clean.stdout)

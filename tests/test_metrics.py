@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deval import metrics
+from deval.core import metrics
 
 EXTREME = np.array([0.1, 0.7, 0.1, 0.1])
 FLAT = np.array([0.1, 0.1, 0.1, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1])

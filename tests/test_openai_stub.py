@@ -10,9 +10,9 @@ import pytest
 
 from deval.backends.openai import OpenAIBackend
 from deval.errors import BackendError
-from deval.profile import ProfileConfig, manifest, run_profile
-from deval.store import RunDir, dumps
-from deval.tasks import TaskCatalog
+from deval.analyses.profile import ProfileConfig, manifest, run_profile
+from deval.runs.store import RunDir, dumps
+from deval.core.tasks import TaskCatalog
 from stubserver import StubServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ def test_a_refusal_stops_the_run_with_the_server_message(tmp_path):
 
 
 def cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "deval.cli", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "deval.cli.main", *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, cwd=ROOT, **kw)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from deval.backend import Filters
+from deval.core.sampling import Filters
 from deval.backends.logprobs import Alt, Choice, Token, parse_response
 from deval.backends.positions import find_positions, first_answer_position, item_view, modelled_tail
 

@@ -54,7 +54,7 @@ def test_backend_options_are_checked():
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "deval.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "deval.cli.main", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
 
 

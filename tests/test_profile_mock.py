@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from deval.backends.mock import MockBackend
-from deval.profile import ProfileConfig, run_profile
-from deval.store import RunDir
-from deval.tasks import TaskCatalog
+from deval.analyses.profile import ProfileConfig, run_profile
+from deval.runs.store import RunDir
+from deval.core.tasks import TaskCatalog
 
 CATALOG = TaskCatalog.load()
 
@@ -98,7 +98,7 @@ def test_resume_measures_only_missing_runs_and_gives_the_same_summary(tmp_path):
 
 
 def test_filters_shrink_the_kept_set(tmp_path):
-    from deval.backend import Filters
+    from deval.core.sampling import Filters
     summary, _, _ = profile("e", tmp_path, runs=2, filters=Filters(top_k=1))
     flat = summary["tasks"]["flat"]
     assert flat["e_score"]["mean"] == pytest.approx(1.0)

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.special import logsumexp
 
-from deval.backend import Filters
-from deval.sampling import draw, kept_mask, sampling_logprobs, with_temperature
+from deval.core.sampling import Filters
+from deval.core.sampling import draw, kept_mask, sampling_logprobs, with_temperature
 
 logits = arrays(np.float64, st.integers(2, 12), elements=st.floats(-12, 12, allow_nan=False))
 temps = st.floats(0.2, 5.0)

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from deval.backend import Filters, Step, TrieLogprobs
+from deval.core.protocol import Filters, Step, TrieLogprobs
 from deval.backends.mock import MockBackend
-from deval.cli import app
-from deval.profile import ProfileConfig
-from deval.sampling import with_temperature
-from deval.store import RunDir
-from deval.sweep import SCHEMA, SweepConfig, derived_p_token, parse_temperatures, run_sweep, trie_item_probs
-from deval.tasks import TaskCatalog, task_from_dict
+from deval.cli.main import app
+from deval.analyses.profile import ProfileConfig
+from deval.core.sampling import with_temperature
+from deval.runs.store import RunDir
+from deval.analyses.sweep import SCHEMA, SweepConfig, derived_p_token, parse_temperatures, run_sweep, trie_item_probs
+from deval.core.tasks import TaskCatalog, task_from_dict
 from deval.errors import ConfigError
 from exact_fakes import FakeTrieBackend
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from deval import metrics
-from deval.backend import Step
+from deval.core import metrics
+from deval.core.protocol import Step
 from deval.backends.logprobs import Alt, Token
 from deval.backends.positions import item_view
-from deval.summary import summarise_task
-from deval.tasks import TaskCatalog
+from deval.core.summary import summarise_task
+from deval.core.tasks import TaskCatalog
 
 
 def gain_caps(miss, tail, cap, spellings):

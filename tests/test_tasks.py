@@ -3,7 +3,7 @@
 import pytest
 
 from deval.errors import ConfigError
-from deval.tasks import TaskCatalog, load_task_file
+from deval.core.tasks import TaskCatalog, load_task_file
 
 GOOD = '''name = "mine"
 items = ["a", "b"]

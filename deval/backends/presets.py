@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deval.errors import ConfigError
-from deval.tasks import data_dir, read_toml
+from deval.core.datafiles import data_dir, field_checker, nonempty_string, read_toml
 
 ROUTES = ("chat", "completions")
 LOGPROB_KINDS = ("raw", "processed", "unknown")
@@ -36,20 +36,11 @@ def presets_dir() -> Path:
 
 
 def preset_from_dict(data: dict, source: str) -> Preset:
-    def fail(field: str, fix: str) -> ConfigError:
-        return ConfigError(f"{source}: field '{field}': {fix}")
-
     known = {"name", "description", "base_url", "api_key_env", "key_required", "route", "top_logprobs_cap",
              "logprobs", "n", "quirks", "sampling"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise fail(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(known))}")
-    for required in ("name", "base_url", "route", "top_logprobs_cap"):
-        if required not in data:
-            raise fail(required, "missing; add it")
+    fail = field_checker(data, source, known, ("name", "base_url", "route", "top_logprobs_cap"))
     for key in ("name", "base_url"):
-        if not isinstance(data[key], str) or not data[key].strip():
-            raise fail(key, "must be a non-empty string")
+        nonempty_string(data, key, fail)
     if not data["base_url"].startswith(("http://", "https://")):
         raise fail("base_url", "must start with http:// or https://")
     if data["route"] not in ROUTES:

@@ -13,7 +13,7 @@ from deval.backends.cache import endpoint_id
 from deval.backends.http import Refused, Transport
 from deval.backends.logprobs import Malformed, NoLogprobs, parse_response
 from deval.backends.urls import redact
-from deval.store import dump_json
+from deval.jsonio import dump_json
 
 PROMPT = "Pick a random digit from 1 to 9. Answer with the digit only."
 RAW_TOLERANCE = 0.02  # logprobs moving less than this between temperatures 1 and 0.5 are raw

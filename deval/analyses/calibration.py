@@ -8,10 +8,10 @@ from typing import Iterator
 import numpy as np
 from scipy.stats import rankdata
 
-from deval.backend import Filters
-from deval.exact import CachedModel, ExactModel, TaskSession, ValidityOracle, Vocab, sample_rng
-from deval.sampling import draw, sampling_logprobs, with_temperature
-from deval.validsets import ValidSetTask
+from deval.core.sampling import Filters
+from deval.core.exact import CachedModel, ExactModel, TaskSession, ValidityOracle, Vocab, sample_rng
+from deval.core.sampling import draw, sampling_logprobs, with_temperature
+from deval.core.validsets import ValidSetTask
 
 SCHEMA = "deval.calibration/1"
 DEFAULT_TOP_K = (1, 5, 20, 50)

@@ -4,47 +4,14 @@ append-only JSON-lines logs that calibration and diversity runs write their reco
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
-from deval.backend import Step
+from deval.core.protocol import Step
 from deval.errors import ConfigError
+from deval.jsonio import clean, dump_json, dumps, read_json  # noqa: F401  (run files are JSON)
 
 MANIFEST, STEPS, SUMMARY = "manifest.json", "steps.jsonl", "summary.json"
-
-
-def clean(value):
-    """JSON-safe copy: NaN and infinities become null, numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def dumps(data: dict, indent: int | None = 2) -> str:
-    return json.dumps(clean(data), indent=indent, allow_nan=False)
-
-
-def dump_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dumps(data) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found; is this a deval run directory?") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} cannot be read ({exc}); the run directory is damaged") from None
 
 
 def create_run_dir(path: Path, manifest: dict) -> Path:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deval import metrics
-from deval.backend import Step
-from deval.tasks import Task
+from deval.core import metrics
+from deval.core.protocol import Step
+from deval.core.tasks import Task
 
 # Our reconstruction of the paper's verdict (see README): thresholds are options, named here.
 D_THRESHOLD = 0.5  # normalised extremity at or above which a model is a D-model

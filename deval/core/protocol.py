@@ -8,32 +8,8 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-from deval.sampling import logsumexp
-from deval.tasks import Task
-
-FILTER_ORDERS = ("filters-first", "temperature-first")
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Decoding filters deval applies to a distribution before sampling.
-
-    order 'filters-first' is llama.cpp's default chain (top-k, top-p, min-p, then temperature);
-    'temperature-first' is Hugging Face's and the min-p paper's (temperature, then the filters).
-    """
-
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    order: str = "filters-first"
-
-    @property
-    def active(self) -> bool:
-        return self.top_k is not None or self.top_p is not None or self.min_p is not None
-
-    def to_dict(self) -> dict:
-        return {"top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p, "order": self.order}
-
+from deval.core.sampling import Filters, logsumexp
+from deval.core.tasks import Task
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -61,7 +37,7 @@ def run_seed(seed: int, task_name: str, run: int) -> int:
 
 @dataclass(frozen=True)
 class TrieLogprobs:
-    """One step's item trie at T=1, enough to give p_t(item) exactly at each of `temperatures` (deval.sweep).
+    """One step's item trie at T=1, enough to give p_t(item) exactly at each of `temperatures` (deval.analyses.sweep).
 
     nodes[i] is a token path from the item's start that has children; children[i] are its child tokens,
     logprobs[i] their T=1 log-probabilities (no filters) and log_z[i][j] = log sum_v exp(log p_v / temperatures[j])
@@ -118,7 +94,7 @@ class Step:
     `sampled` is the index of the item the model produced, or None when it produced something off the set.
     `item_logprobs`, where a backend can give it, holds per item the T=1 log-probabilities (no filters) of the
     single tokens that spell it at this step; from these P_token at any temperature follows exactly
-    (deval.sweep). None where unknown or where some spelling takes more than one token.
+    (deval.analyses.sweep). None where unknown or where some spelling takes more than one token.
     `trie_logprobs`, where the run asked for it (RunSpec.derive_temperatures) and the backend is exact, covers
     multi-token spellings too: the T=1 item trie with each node's normalisers at those temperatures.
     """

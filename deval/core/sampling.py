@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
-if TYPE_CHECKING:  # deval.backend imports this module (TrieLogprobs), so Filters is for annotations only
-    from deval.backend import Filters
+FILTER_ORDERS = ("filters-first", "temperature-first")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Decoding filters deval applies to a distribution before sampling.
+
+    order 'filters-first' is llama.cpp's default chain (top-k, top-p, min-p, then temperature);
+    'temperature-first' is Hugging Face's and the min-p paper's (temperature, then the filters).
+    """
+
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    order: str = "filters-first"
+
+    @property
+    def active(self) -> bool:
+        return self.top_k is not None or self.top_p is not None or self.min_p is not None
+
+    def to_dict(self) -> dict:
+        return {"top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p, "order": self.order}
 
 
 def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:

@@ -12,10 +12,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from deval import metrics
-from deval.backend import Step
-from deval.summary import TaskArrays
-from deval.tasks import Task
+from deval.core import metrics
+from deval.core.protocol import Step
+from deval.core.summary import TaskArrays
+from deval.core.tasks import Task
 
 SHADES = " ·░▒▓█"
 SPARKS = "▁▂▃▄▅▆▇█"

@@ -152,7 +152,7 @@ def sample_rng(seed: int, *key) -> np.random.Generator:
 class TaskSession:
     """One valid-set task on one exact model: the memoised model, the validity oracle and the prompt's tokens."""
 
-    task: object  # a deval.validsets.ValidSetTask
+    task: object  # a deval.core.validsets.ValidSetTask
     model: ExactModel
     cached: CachedModel
     oracle: ValidityOracle

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deval.errors import ConfigError
-from deval.tasks import TaskCatalog, builtin_tasks_dir, read_toml
+from deval.core.datafiles import field_checker, nonempty_string, read_toml
+from deval.core.tasks import TaskCatalog, builtin_tasks_dir
 
 KIND = "valid-set"
 FIELDS = {"name", "kind", "description", "members", "prompt"}
@@ -30,20 +31,11 @@ class ValidSetTask:
 def valid_set_from_dict(data: dict, source: str) -> ValidSetTask:
     """Validate one valid-set task; every error names the file, the field and the fix."""
 
-    def fail(fieldname: str, fix: str) -> ConfigError:
-        return ConfigError(f"{source}: field '{fieldname}': {fix}")
-
-    unknown = sorted(set(data) - FIELDS - {"source"})
-    if unknown:
-        raise fail(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(FIELDS))}")
-    for required in ("name", "kind", "members", "prompt"):
-        if required not in data:
-            raise fail(required, "missing; add it" + (f' (kind = "{KIND}")' if required == "kind" else ""))
+    fail = field_checker({k: v for k, v in data.items() if k != "source"}, source, FIELDS,
+                         ("name", "kind", "members", "prompt"), hints={"kind": f' (kind = "{KIND}")'})
     if data["kind"] != KIND:
         raise fail("kind", f"must be \"{KIND}\" (tasks with weights live in tasks/*.toml)")
-    name = data["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise fail("name", "must be a non-empty string")
+    name = nonempty_string(data, "name", fail)
     members = data["members"]
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
         raise fail("members", "must be a non-empty list of strings")

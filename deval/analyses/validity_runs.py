@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deval import calibration, diversity
-from deval.backend import Filters
-from deval.calibration import Rule
+from deval.analyses import calibration
+from deval.analyses import diversity
+from deval.core.sampling import Filters
+from deval.analyses.calibration import Rule
 from deval.errors import ConfigError
-from deval.exact import ExactModel, TaskSession, Vocab
-from deval.store import MANIFEST, SUMMARY, RecordLog, create_run_dir, dump_json, read_json
-from deval.validsets import ValidSetTask, valid_set_from_dict
+from deval.core.exact import ExactModel, TaskSession, Vocab
+from deval.runs.store import MANIFEST, SUMMARY, RecordLog, create_run_dir, dump_json, read_json
+from deval.core.validsets import ValidSetTask, valid_set_from_dict
 
 NODES = "nodes.jsonl"  # calibration: one record per trie node
 SAMPLES = "samples.jsonl"  # calibration and diversity: one record per sampled answer

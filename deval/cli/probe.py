@@ -11,7 +11,7 @@ from rich.table import Table
 
 from deval import backends as registry
 from deval.errors import ConfigError
-from deval.store import dumps
+from deval.runs.store import dumps
 
 
 def probe_command(

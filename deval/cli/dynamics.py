@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from deval import backends as registry
-from deval.cli_common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
+from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
@@ -54,9 +54,9 @@ def sweep(
     no_probe: NoProbeOpt = False,
 ) -> None:
     """Profile at several temperatures: e-score, ATVD, result TVD against T, measured and derived."""
-    from deval.report_dynamics import render_sweep
-    from deval.store import dumps
-    from deval.sweep import SweepConfig, create_sweep_dir, load_sweep_config, parse_temperatures, run_sweep
+    from deval.report.dynamics import render_sweep
+    from deval.runs.store import dumps
+    from deval.analyses.sweep import SweepConfig, create_sweep_dir, load_sweep_config, parse_temperatures, run_sweep
 
     if resume is not None:
         config = load_sweep_config(resume)
@@ -95,7 +95,7 @@ def _floats(text: str, name: str, lo: float, hi: float, integer: bool = False) -
 
 
 def _exact_backend(backend: str, model: Optional[str], options: dict):
-    from deval.validity_runs import require_exact, require_exact_class
+    from deval.analyses.validity_runs import require_exact, require_exact_class
 
     require_exact_class(registry.backend_class(backend), backend)  # before an inexact backend asks for a key
     engine = registry.create(backend, model, **options)
@@ -125,11 +125,11 @@ def calibration(
     raw_prompt: RawPromptOpt = False,
 ) -> None:
     """Order and shape calibration on a task with a known valid set: cutoff rules against the oracle."""
-    from deval.calibration import rule_grid
-    from deval.report_dynamics import render_calibration
-    from deval.store import create_run_dir, dumps
-    from deval.validity_runs import CalibrationConfig, calibration_manifest, load_calibration_config, run_calibration
-    from deval.validsets import get_valid_set
+    from deval.analyses.calibration import rule_grid
+    from deval.report.dynamics import render_calibration
+    from deval.runs.store import create_run_dir, dumps
+    from deval.analyses.validity_runs import CalibrationConfig, calibration_manifest, load_calibration_config, run_calibration
+    from deval.core.validsets import get_valid_set
 
     if resume is not None:
         config = load_calibration_config(resume)
@@ -185,10 +185,10 @@ def diversity(
     raw_prompt: RawPromptOpt = False,
 ) -> None:
     """Distinct valid outputs against samples drawn, next to the ideal uniform sampler's curve."""
-    from deval.report_dynamics import render_diversity
-    from deval.store import create_run_dir, dumps
-    from deval.validity_runs import DiversityConfig, diversity_manifest, load_diversity_config, run_diversity
-    from deval.validsets import get_valid_set
+    from deval.report.dynamics import render_diversity
+    from deval.runs.store import create_run_dir, dumps
+    from deval.analyses.validity_runs import DiversityConfig, diversity_manifest, load_diversity_config, run_diversity
+    from deval.core.validsets import get_valid_set
 
     if resume is not None:
         config = load_diversity_config(resume)
@@ -232,7 +232,8 @@ def diversity(
 
 def render_run(summary: dict, path: Path, console) -> bool:
     """Re-render a sweep, calibration or diversity run; False when the summary is not one of these."""
-    from deval import calibration, diversity, report_dynamics, sweep
+    from deval.analyses import calibration, diversity, sweep
+    from deval.report import dynamics as report_dynamics
 
     renderers = {sweep.SCHEMA: report_dynamics.render_sweep, calibration.SCHEMA: report_dynamics.render_calibration,
                  diversity.SCHEMA: report_dynamics.render_diversity}

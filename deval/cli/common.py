@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 
 from deval import backends as registry
-from deval.backend import FILTER_ORDERS, Filters
+from deval.core.sampling import FILTER_ORDERS, Filters
 from deval.errors import ConfigError
-from deval.profile import ProfileConfig
-from deval.tasks import MODES, TaskCatalog
+from deval.analyses.profile import ProfileConfig
+from deval.core.tasks import MODES, TaskCatalog
 
 out = Console()
 err = Console(stderr=True)

@@ -62,7 +62,7 @@ def chain_rule(children: Mapping[Node, Sequence[int]], ends: Mapping[Node, int],
 
 
 def item_logprobs(trie: ItemTrie, row: np.ndarray, n_items: int) -> tuple[tuple[float, ...], ...] | None:
-    """Per item, the T=1 log-probabilities of its one-token spellings (for deval.sweep); None if any is longer."""
+    """Per item, the T=1 log-probabilities of its one-token spellings (for deval.analyses.sweep); None if any is longer."""
     out: list[list[float]] = [[] for _ in range(n_items)]
     for node, item in trie.ends.items():
         if len(node) != 1 or node in trie.children:

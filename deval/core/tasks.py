@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from deval.core.datafiles import data_dir, field_checker, nonempty_string, read_toml
 from deval.errors import ConfigError
 
 MODES = ("sequence", "independent")
@@ -57,29 +57,12 @@ def builtin_tasks_dir() -> Path:
     return data_dir("tasks")
 
 
-def data_dir(name: str) -> Path:
-    """A shipped data folder (tasks, backends): inside the installed wheel, else at the top of the checkout."""
-    here = Path(__file__).resolve().parent
-    installed = here / "_data" / name
-    return installed if installed.is_dir() else here.parent / name
-
-
 def task_from_dict(data: dict, source: str) -> Task:
     """Validate one task's fields; every error names the file, the field and the fix."""
 
-    def fail(fieldname: str, fix: str) -> ConfigError:
-        return ConfigError(f"{source}: field '{fieldname}': {fix}")
-
     known = {"name", "description", "items", "weights", "prompt", "single_prompt", "mode", "steps", "separator"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise fail(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(known))}")
-    for required in ("name", "items", "weights", "prompt"):
-        if required not in data:
-            raise fail(required, "missing; add it")
-    name = data["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise fail("name", "must be a non-empty string")
+    fail = field_checker(data, source, known, ("name", "items", "weights", "prompt"))
+    name = nonempty_string(data, "name", fail)
     items = data["items"]
     if not isinstance(items, list) or len(items) < 2:
         raise fail("items", "must be a non-empty list of at least two strings")
@@ -127,18 +110,6 @@ def _check_template(template, fieldname: str, fail) -> str:
     return template
 
 
-def read_toml(path: Path, what: str) -> dict:
-    """A TOML data file (a task, valid set or preset) as a dict; every failure is a one-line ConfigError."""
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file {path} not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} file {path} cannot be read ({exc}); check the path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
-
-
 def load_task_file(path: Path) -> Task:
     return task_from_dict(read_toml(path, "task"), str(path))
 
@@ -165,9 +136,7 @@ class TaskCatalog:
         if ref.endswith(".toml"):
             return load_task_file(Path(ref))
         if ref not in self.tasks:
-            from deval.validsets import builtin_valid_sets  # deval.validsets builds on this module
-
-            if ref in builtin_valid_sets():
+            if (builtin_tasks_dir() / "valid" / f"{ref}.toml").is_file():
                 raise ConfigError(f"'{ref}' is a valid-set task (for 'deval calibration' and 'deval diversity'); "
                                   f"profile and sweep need a task with weights: run 'deval tasks' to list them")
             raise ConfigError(f"unknown task '{ref}'; run 'deval tasks' to list them, or pass a .toml path")

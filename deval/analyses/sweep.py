@@ -9,14 +9,14 @@ from typing import Callable
 
 import numpy as np
 
-from deval import metrics
-from deval.backend import Backend, Step, TrieLogprobs
+from deval.core import metrics
+from deval.core.protocol import Backend, Step, TrieLogprobs
 from deval.errors import ConfigError
-from deval.profile import ProfileConfig, manifest, run_profile
-from deval.sampling import logsumexp
-from deval.trie import chain_rule
-from deval.store import MANIFEST, SUMMARY, RunDir, create_run_dir, dump_json, read_json
-from deval.summary import TaskArrays, bootstrap_stat
+from deval.analyses.profile import ProfileConfig, manifest, run_profile
+from deval.core.sampling import logsumexp
+from deval.core.trie import chain_rule
+from deval.runs.store import MANIFEST, SUMMARY, RunDir, create_run_dir, dump_json, read_json
+from deval.core.summary import TaskArrays, bootstrap_stat
 
 SCHEMA = "deval.sweep/1"
 MANIFEST_SCHEMA = "deval.sweep-manifest/1"

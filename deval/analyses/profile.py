@@ -8,12 +8,12 @@ from typing import Callable
 
 import numpy as np
 
-from deval import __version__
-from deval.backend import Backend, Filters, RunSpec, Step, run_seed
+from deval.version import __version__
+from deval.core.protocol import Backend, Filters, RunSpec, Step, run_seed
 from deval.backends.urls import redact
-from deval.store import RunDir
-from deval.summary import summarise_task, verdict
-from deval.tasks import Task, task_from_dict
+from deval.runs.store import RunDir
+from deval.core.summary import summarise_task, verdict
+from deval.core.tasks import Task, task_from_dict
 
 SCHEMA = "deval.profile/1"
 MANIFEST_SCHEMA = "deval.manifest/1"
@@ -40,7 +40,7 @@ class ProfileConfig:
     mode: str | None = None  # None: each task's own mode
     filters: Filters = field(default_factory=Filters)
     backend_options: tuple[tuple[str, object], ...] = ()
-    derive_temperatures: tuple[float, ...] = ()  # set by deval.sweep on its T=1 run: see Step.trie_logprobs
+    derive_temperatures: tuple[float, ...] = ()  # set by deval.analyses.sweep on its T=1 run: see Step.trie_logprobs
 
     def run_specs(self, task: Task) -> list[RunSpec]:
         mode = self.mode or task.mode

@@ -13,20 +13,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from deval import backends as registry
-from deval.cli_common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
+from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
                               default_dir, err, interrupted, out, profile_config, with_given_again)
-from deval.cli_dynamics import register as register_dynamics
-from deval.cli_dynamics import render_run
+from deval.cli.dynamics import register as register_dynamics
+from deval.cli.dynamics import render_run
 from deval.errors import ConfigError, DevalError
-from deval.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
-from deval.report import render_profile
-from deval.store import RunDir, dumps
-from deval.tasks import TaskCatalog, builtin_tasks_dir, task_from_dict
-from deval.validsets import builtin_valid_sets, builtin_valid_sets_dir
+from deval.analyses.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
+from deval.report.profile import render_profile
+from deval.runs.store import RunDir, dumps
+from deval.core.tasks import TaskCatalog, builtin_tasks_dir, task_from_dict
+from deval.core.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Profile how a language model samples: P_token against P_task, D-model or E-model.")
@@ -166,7 +166,7 @@ def list_backends() -> None:
 
 register_dynamics(app)
 
-from deval.cli_probe import probe_command  # noqa: E402  (the probe command lives in its own module)
+from deval.cli.probe import probe_command  # noqa: E402  (the probe command lives in its own module)
 
 app.command("probe")(probe_command)
 

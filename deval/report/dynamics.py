@@ -9,8 +9,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from deval.charts import line_chart
-from deval.report import fmt, spark
+from deval.report.charts import line_chart
+from deval.report.profile import fmt, spark
 
 SWEEP_COLUMNS = [("e_score", "e-score"), ("atvd", "ATVD"), ("result_tvd", "result TVD"),
                  ("on_set_mass", "on-set"), ("entropy", "entropy")]
@@ -119,7 +119,7 @@ def render_calibration(summary: dict, console: Console | None = None, where: str
 
 
 def render_diversity(summary: dict, console: Console | None = None, where: str | None = None) -> None:
-    from deval.charts import MARKS, STYLES, Series
+    from deval.report.charts import MARKS, STYLES, Series
 
     console = console or Console()
     console.print(Text.from_markup(

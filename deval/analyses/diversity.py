@@ -6,9 +6,9 @@ from typing import Iterator
 
 import numpy as np
 
-from deval.calibration import Rule, sample_answer
-from deval.exact import CachedModel, ExactModel, TaskSession, ValidityOracle, Vocab, sample_rng
-from deval.validsets import ValidSetTask
+from deval.analyses.calibration import Rule, sample_answer
+from deval.core.exact import CachedModel, ExactModel, TaskSession, ValidityOracle, Vocab, sample_rng
+from deval.core.validsets import ValidSetTask
 
 SCHEMA = "deval.diversity/1"
 PRUNE = 1e-4  # answer prefixes less likely than this are not expanded (their mass is reported as unexplored)

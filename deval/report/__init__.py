@@ -1,0 +1,1 @@
+"""Reports of run summaries: terminal (rich) tables and charts."""
