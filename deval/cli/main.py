@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import List
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deval import backends as registry
@@ -18,11 +16,12 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
-                              default_dir, err, interrupted, out, profile_config, with_given_again)
+                              err, interrupted, json_summary, out, profile_config, progress_bar,
+                              with_given_again)
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
-from deval.errors import ConfigError, DevalError
-from deval.analyses.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
+from deval.errors import ConfigError, DevalError, RunInterrupted
+from deval.analyses.profile import command_for, execute, load_config
 from deval.report.profile import render_profile
 from deval.runs.store import RunDir, dumps
 from deval.core.tasks import TaskCatalog, builtin_tasks_dir, task_from_dict
@@ -69,43 +68,19 @@ def profile(
 ) -> None:
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
     if resume is not None:
-        run_dir = RunDir.open(resume)
-        stored = run_dir.manifest()
-        if stored.get("schema") != MANIFEST_SCHEMA:
-            raise ConfigError(f"{resume} is not a profile run ({stored.get('schema')}); resume it with "
-                              f"deval {command_for(stored)} --resume {resume}")
-        config = with_given_again(ProfileConfig.from_dict(stored["config"]), base_url, api_key_env)
+        config = with_given_again(load_config(resume), base_url, api_key_env)
     else:
         config = profile_config(locals(), temperature)
-        run_dir = None
-    engine = registry.create(config.backend, config.model or None, **dict(config.backend_options))
     try:
-        if run_dir is None:
-            config = replace(config, model=engine.model)
-            run_dir = RunDir.create(out_dir or default_dir("", engine.model or config.backend),
-                                    manifest(config, engine))
-        try:
-            summary = _run_with_progress(config, engine, run_dir, quiet=json_out)
-        except KeyboardInterrupt:
-            raise interrupted("profile", run_dir.path) from None
-    finally:
-        engine.close()
+        with progress_bar("measuring", quiet=json_out) as bar:
+            result = execute(config, out=out_dir, resume=resume, progress=bar)
+    except RunInterrupted as exc:
+        raise interrupted("profile", exc.path) from None
     if json_out:
-        print(dumps(summary))
+        print(dumps(json_summary(result)))
     else:
-        render_profile(summary, {t.name: t for t in config.tasks}, run_dir.steps(), console=out,
-                       where=str(run_dir.path))
-
-
-def _run_with_progress(config: ProfileConfig, engine, run_dir: RunDir, quiet: bool) -> dict:
-    total = sum((config.steps or t.steps) * config.runs for t in config.tasks)
-    if quiet or not err.is_terminal:
-        return run_profile(config, engine, run_dir)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=err, transient=True) as progress:
-        done = len(run_dir.completed_steps())  # a resumed run starts part-way
-        bar = progress.add_task(f"measuring {Path(engine.model).name}", total=total, completed=min(done, total))
-        return run_profile(config, engine, run_dir, on_step=lambda step: progress.advance(bar))
+        render_profile(result.summary, {t.name: t for t in config.tasks}, RunDir(result.path).steps(), console=out,
+                       where=str(result.path))
 
 
 @app.command()
