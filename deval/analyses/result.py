@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deval.errors import ConfigError
+from deval.jsonio import clean
 from deval.runs.store import MANIFEST, SUMMARY, RecordLog, RunDir, read_json
 
 KINDS = {"deval.profile": "profile", "deval.sweep": "sweep", "deval.calibration": "calibration",
@@ -31,6 +32,10 @@ class Result:
 
     summary: dict
     path: Path
+
+    def __post_init__(self):  # the summary as its file holds it (NaN as None), whether fresh or loaded
+        object.__setattr__(self, "summary", clean(self.summary))
+        object.__setattr__(self, "path", Path(self.path))
 
     @property
     def kind(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 from rich.markup import escape
@@ -20,11 +20,11 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               with_given_again)
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
-from deval.errors import ConfigError, DevalError, RunInterrupted
-from deval.analyses.profile import command_for, execute, load_config
+from deval.errors import DevalError, RunInterrupted
+from deval.analyses.profile import execute, load_config
 from deval.report.profile import render_profile
 from deval.runs.store import RunDir, dumps
-from deval.core.tasks import TaskCatalog, builtin_tasks_dir, task_from_dict
+from deval.core.tasks import TaskCatalog, builtin_tasks_dir
 from deval.core.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -85,22 +85,36 @@ def profile(
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory written by 'deval profile --out'."),
-           json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON.")) -> None:
-    """Re-render a finished run from its files, without touching a model."""
-    rd = RunDir.open(run_dir)
-    if not rd.has_summary():
-        raise ConfigError(f"{run_dir} has not finished; finish it with deval {command_for(rd.manifest())} "
-                          f"--resume {run_dir}")
-    summary = rd.summary()
+           json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON."),
+           plots: Optional[Path] = typer.Option(None, "--plots", help="Write the run's figures (PNG and SVG) here."),
+           html_file: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
+           ) -> None:
+    """Re-render a finished run from its files, without touching a model; --html / --plots write a page / figures."""
+    from deval.analyses.result import load
+
+    result = load(run_dir)
+    summary = result.summary
     if json_out:
-        print(dumps(summary))
+        print(dumps(RunDir(result.path).summary()))
         return
-    if render_run(summary, rd.path, out):  # sweep, calibration or diversity run
+    if plots is not None or html_file is not None:
+        from deval.report.html import write
+        from deval.report.plots import save_figures
+
+        if plots is not None:
+            written = save_figures(result.figures(), plots)
+            out.print(f"wrote {len(written)} files (PNG and SVG) to {plots}", highlight=False, soft_wrap=True)
+        if html_file is not None:
+            from deval.report.html import run_page
+
+            write(html_file, run_page(summary, result.context(), where=str(result.path)))
+            out.print(f"wrote {html_file} (self-contained: open it in any browser, offline)", highlight=False,
+                      soft_wrap=True)
         return
-    config = rd.manifest()["config"]
-    tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
-             for t in config["tasks"]}
-    render_profile(summary, tasks, rd.steps(), console=out, where=str(rd.path))
+    if render_run(summary, result.path, out):  # sweep, calibration or diversity run
+        return
+    context = result.context()
+    render_profile(summary, context["tasks"], context["steps"], console=out, where=str(result.path))
 
 
 @app.command("tasks")
@@ -144,6 +158,10 @@ register_dynamics(app)
 from deval.cli.probe import probe_command  # noqa: E402  (the probe command lives in its own module)
 
 app.command("probe")(probe_command)
+
+from deval.cli.compare import compare_command  # noqa: E402
+
+app.command("compare")(compare_command)
 
 
 def main() -> None:
