@@ -32,6 +32,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 VALID_SET_PREVIEW = 6  # members shown per valid-set task in 'deval tasks'
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from deval.version import __version__
+
+        print(f"deval {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Profile how a language model samples: P_token against P_task, D-model or E-model."""
+
+
 @app.command()
 def profile(
     backend: BackendOpt = "local",
