@@ -163,3 +163,30 @@ def test_plain_output_when_not_a_terminal(tmp_path):
                    "--out", str(tmp_path / "r"))
     assert proc.returncode == 0 and "\x1b[" not in proc.stdout + proc.stderr  # no colour codes, no bar in a pipe
     assert "verdict: D" in proc.stdout and "legend: e-score" in proc.stdout
+
+
+def test_calibration_and_diversity_figures_and_pages(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from deval import backends as registry
+    from deval.cli.main import app
+    from test_cli_dynamics import FakeBackend
+
+    monkeypatch.setattr(registry, "backend_class", lambda name: FakeBackend)
+    monkeypatch.setattr(registry, "create", lambda name, model, **o: FakeBackend(model))
+    task = tmp_path / "fake.toml"
+    task.write_text('name = "fake"\nkind = "valid-set"\nmembers = ["a", "ae", "o", "11", "13"]\nprompt = "pick"\n')
+    runner = CliRunner()
+    for kind, args in (("calibration", ["--samples", "10", "--top-ks", "1,3", "--top-ps", "0.9", "--min-ps", "0.1"]),
+                       ("diversity", ["--samples", "20", "--model", "a", "--compare", "e"])):
+        run = tmp_path / kind
+        r = runner.invoke(app, [kind, "--task", str(task), *args, "--out", str(run), "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["run_dir"] == str(run)
+        r = runner.invoke(app, ["report", str(run), "--plots", str(tmp_path / f"{kind}-figs"), "--html",
+                                str(tmp_path / f"{kind}.html")])
+        assert r.exit_code == 0, r.output
+        pngs = list((tmp_path / f"{kind}-figs").glob("*.png"))
+        assert pngs and all(coloured_pixels(p) > 500 for p in pngs)
+        page = (tmp_path / f"{kind}.html").read_text()
+        assert page.count("<svg") == len(pngs) and "<script" not in page

@@ -17,6 +17,7 @@ from deval.errors import ConfigError
 METRICS = ("e_score", "atvd", "result_tvd", "on_set_mass", "volatility", "entropy", "extremity", "quota_r")
 LEVEL = 0.95
 ALPHA = 0.05
+EXACT = 1e-9  # per-run values that vary less than this (relative) are one constant up to float rounding
 CONFIG_KEYS = ("backend", "model", "temperature", "filters", "mode", "runs", "steps", "seed")
 
 
@@ -49,7 +50,8 @@ def welch(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> dict:
     diff = float(b.mean() - a.mean())
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = float(np.sqrt(va + vb))
-    if se == 0.0:  # both sides constant over runs: the difference is exact
+    if se <= EXACT * max(1.0, abs(float(a.mean()))):  # both sides constant over runs (to rounding): exact difference
+        diff = 0.0 if abs(diff) <= EXACT * max(1.0, abs(float(a.mean()))) else diff
         return {"diff": diff, "ci": [diff, diff], "p": 1.0 if diff == 0 else 0.0, "df": None}
     df = float((va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)))
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se

@@ -140,7 +140,8 @@ def run_page(summary: dict, context: dict, where: str = "") -> str:
     from deval.report.plots import figures
 
     fam = str(summary.get("schema", "")).split("/")[0]
-    model = summary.get("model") or ", ".join(summary.get("models", {}))
+    model = str(summary.get("model") or ", ".join(summary.get("models", {})))
+    model = Path(model).name if model.endswith(".gguf") else model
     kind = fam.replace("deval.", "") or "run"
     meta = " · ".join(f"{k} {esc(v)}" for k, v in (("backend", summary.get("backend")), ("model", model),
                                                    ("temperature", summary.get("temperature")),

@@ -33,7 +33,7 @@ def require_matplotlib():
         import matplotlib
     except ImportError:
         raise ConfigError("figures need matplotlib: pip install 'deval[plots]'") from None
-    matplotlib.rcParams.update({"svg.fonttype": "path", "font.size": 9, "axes.titlesize": 10,
+    matplotlib.rcParams.update({"svg.fonttype": "none", "font.family": ["DejaVu Sans", "sans-serif"], "font.size": 9, "axes.titlesize": 10,
                                 "axes.spines.top": False, "axes.spines.right": False})
     return matplotlib
 
