@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from deval.version import __version__  # noqa: F401
 
-__all__ = ["profile", "sweep", "load", "compare", "Result", "Comparison", "__version__"]
+__all__ = ["profile", "sweep", "calibration", "diversity", "load", "compare", "Result", "Comparison",
+           "__version__"]
 _LAZY = {"Result": ("deval.analyses.result", "Result"), "load": ("deval.analyses.result", "load"),
          "Comparison": ("deval.analyses.compare", "Comparison")}
 
@@ -81,6 +82,41 @@ def sweep(model: str | None = None, temperatures=(0.5, 0.75, 1.0, 1.25, 1.5, 2.0
         return execute(load_sweep_config(o["resume"]), resume=o["resume"], progress=progress)
     config = SweepConfig(base=profile_config(o), temperatures=parse_temperatures(o["temperatures"]))
     return execute(config, out=o.get("out_dir"), progress=progress)
+
+
+def calibration(model: str | None = None, tasks=("vowels",), samples: int = 50, *, backend: str = "local",
+                progress=None, **options):
+    """Cutoff rules against the oracle on valid-set tasks (the options of `deval calibration`); returns a Result."""
+    from deval.analyses.validity_execute import execute_calibration
+    from deval.analyses.validity_runs import load_calibration_config
+    from deval.cli.dynamics import calibration as command
+    from deval.cli.dynamics import calibration_config
+
+    if not isinstance(options.get("top_ks", ""), str):  # lists as in Python: [1, 5] -> "1,5"
+        options["top_ks"] = ",".join(str(int(k)) for k in options["top_ks"])
+    for key in ("top_ps", "min_ps"):
+        if not isinstance(options.get(key, ""), str):
+            options[key] = ",".join(repr(float(v)) for v in options[key])
+    o = _options(command, {"model": model, "tasks": tasks, "samples": samples, "backend": backend, **options},
+                 RENAMES)
+    if o.get("resume") is not None:
+        return execute_calibration(load_calibration_config(o["resume"]), resume=o["resume"], progress=progress)
+    return execute_calibration(calibration_config(o), out=o.get("out_dir"), progress=progress)
+
+
+def diversity(model: str | None = None, task: str = "us-states", samples: int = 100, *, compare=(),
+              backend: str = "local", progress=None, **options):
+    """Distinct valid outputs per budget for `model` and each of `compare` (the options of `deval diversity`)."""
+    from deval.analyses.validity_execute import execute_diversity
+    from deval.analyses.validity_runs import load_diversity_config
+    from deval.cli.dynamics import diversity as command
+    from deval.cli.dynamics import diversity_config
+
+    o = _options(command, {"model": model, "samples": samples, "backend": backend, **options}, RENAMES)
+    o["task"] = task
+    if o.get("resume") is not None:
+        return execute_diversity(load_diversity_config(o["resume"]), resume=o["resume"], progress=progress)
+    return execute_diversity(diversity_config(o), models=[model, *compare], out=o.get("out_dir"), progress=progress)
 
 
 def compare(runs, labels=None):

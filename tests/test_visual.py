@@ -176,13 +176,20 @@ def test_calibration_and_diversity_figures_and_pages(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "create", lambda name, model, **o: FakeBackend(model))
     task = tmp_path / "fake.toml"
     task.write_text('name = "fake"\nkind = "valid-set"\nmembers = ["a", "ae", "o", "11", "13"]\nprompt = "pick"\n')
+    import deval
+
     runner = CliRunner()
+    api = {"calibration": lambda out: deval.calibration(tasks=[str(task)], samples=10, top_ks=[1, 3], top_ps=[0.9],
+                                                        min_ps=[0.1], out=out),
+           "diversity": lambda out: deval.diversity(model="a", compare=["e"], task=str(task), samples=20, out=out)}
     for kind, args in (("calibration", ["--samples", "10", "--top-ks", "1,3", "--top-ps", "0.9", "--min-ps", "0.1"]),
                        ("diversity", ["--samples", "20", "--model", "a", "--compare", "e"])):
         run = tmp_path / kind
         r = runner.invoke(app, [kind, "--task", str(task), *args, "--out", str(run), "--json"])
         assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout)["run_dir"] == str(run)
+        cli = json.loads(r.stdout)
+        assert cli.pop("run_dir") == str(run)
+        assert api[kind](tmp_path / f"{kind}-api").summary == cli  # the API runs the CLI's own functions
         r = runner.invoke(app, ["report", str(run), "--plots", str(tmp_path / f"{kind}-figs"), "--html",
                                 str(tmp_path / f"{kind}.html")])
         assert r.exit_code == 0, r.output

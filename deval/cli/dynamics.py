@@ -103,26 +103,11 @@ def calibration(
     raw_prompt: RawPromptOpt = False,
 ) -> None:
     """Order and shape calibration on a task with a known valid set: cutoff rules against the oracle."""
-    from deval.analyses.calibration import rule_grid
     from deval.analyses.validity_execute import execute_calibration
-    from deval.analyses.validity_runs import CalibrationConfig, load_calibration_config
-    from deval.core.validsets import get_valid_set
+    from deval.analyses.validity_runs import load_calibration_config
     from deval.report.dynamics import render_calibration
 
-    if resume is not None:
-        config = load_calibration_config(resume)
-    else:
-        check_range("--samples", samples, lo=1)
-        check_range("--temperature", temperature, lo=0, lo_open=True)
-        check_local(None, threads, gpu_layers)
-        filters_from(None, None, None, filter_order)  # checks the order
-        rules = rule_grid(_floats(top_ks, "--top-ks", 1, 10**7, integer=True), _floats(top_ps, "--top-ps", 1e-9, 1),
-                          _floats(min_ps, "--min-ps", 0, 1), order=filter_order)
-        tasks = tuple(get_valid_set(ref) for ref in dict.fromkeys(task))
-        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
-        config = CalibrationConfig(tasks=tasks, rules=tuple(rules), samples=samples, temperature=temperature,
-                                   seed=seed, filter_order=filter_order, backend=backend, model=model or "",
-                                   backend_options=tuple(sorted(options.items())))
+    config = load_calibration_config(resume) if resume is not None else calibration_config(locals())
     try:
         with progress_bar("calibrating", quiet=json_out) as bar:
             result = execute_calibration(config, out=out_dir, resume=resume, progress=bar)
@@ -155,20 +140,10 @@ def diversity(
 ) -> None:
     """Distinct valid outputs against samples drawn, next to the ideal uniform sampler's curve."""
     from deval.analyses.validity_execute import execute_diversity
-    from deval.analyses.validity_runs import DiversityConfig, load_diversity_config
-    from deval.core.validsets import get_valid_set
+    from deval.analyses.validity_runs import load_diversity_config
     from deval.report.dynamics import render_diversity
 
-    if resume is not None:
-        config = load_diversity_config(resume)
-    else:
-        check_range("--samples", samples, lo=1)
-        check_range("--temperature", temperature, lo=0, lo_open=True)
-        check_local(None, threads, gpu_layers)
-        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
-        config = DiversityConfig(task=get_valid_set(task), samples=samples, temperature=temperature, seed=seed,
-                                 filters=filters_from(top_k, top_p, min_p, filter_order), backend=backend,
-                                 backend_options=tuple(sorted(options.items())))
+    config = load_diversity_config(resume) if resume is not None else diversity_config(locals())
     try:
         with progress_bar("sampling", quiet=json_out) as bar:
             result = execute_diversity(config, models=[model, *compare], out=out_dir, resume=resume, progress=bar)
@@ -178,6 +153,42 @@ def diversity(
         print(dumps(json_summary(result)))
     else:
         render_diversity(result.summary, console=out, where=str(result.path))
+
+
+def calibration_config(o: dict):
+    """Validate the calibration options (the command's locals()) and build its CalibrationConfig."""
+    from deval.analyses.calibration import rule_grid
+    from deval.analyses.validity_runs import CalibrationConfig
+    from deval.core.validsets import get_valid_set
+
+    check_range("--samples", o["samples"], lo=1)
+    check_range("--temperature", o["temperature"], lo=0, lo_open=True)
+    check_local(None, o["threads"], o["gpu_layers"])
+    filters_from(None, None, None, o["filter_order"])  # checks the order
+    rules = rule_grid(_floats(o["top_ks"], "--top-ks", 1, 10**7, integer=True),
+                      _floats(o["top_ps"], "--top-ps", 1e-9, 1), _floats(o["min_ps"], "--min-ps", 0, 1),
+                      order=o["filter_order"])
+    tasks = tuple(get_valid_set(ref) for ref in dict.fromkeys(o["task"]))
+    options = backend_options(o["backend"], gpu_layers=o["gpu_layers"], threads=o["threads"],
+                              raw_prompt=o["raw_prompt"])
+    return CalibrationConfig(tasks=tasks, rules=tuple(rules), samples=o["samples"], temperature=o["temperature"],
+                             seed=o["seed"], filter_order=o["filter_order"], backend=o["backend"],
+                             model=o["model"] or "", backend_options=tuple(sorted(options.items())))
+
+
+def diversity_config(o: dict):
+    """Validate the diversity options (the command's locals()) and build its DiversityConfig."""
+    from deval.analyses.validity_runs import DiversityConfig
+    from deval.core.validsets import get_valid_set
+
+    check_range("--samples", o["samples"], lo=1)
+    check_range("--temperature", o["temperature"], lo=0, lo_open=True)
+    check_local(None, o["threads"], o["gpu_layers"])
+    options = backend_options(o["backend"], gpu_layers=o["gpu_layers"], threads=o["threads"],
+                              raw_prompt=o["raw_prompt"])
+    return DiversityConfig(task=get_valid_set(o["task"]), samples=o["samples"], temperature=o["temperature"],
+                           seed=o["seed"], filters=filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"]),
+                           backend=o["backend"], backend_options=tuple(sorted(options.items())))
 
 
 def render_run(summary: dict, path: Path, console) -> bool:
