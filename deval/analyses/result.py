@@ -92,14 +92,14 @@ class Result:
 
         return figures(self.summary, self.context())
 
-    def plot(self, out: str | Path | None = None) -> list:
-        """The run's figures; with `out`, also written there as PNG and SVG (returns the figures either way)."""
+    def plot(self, out: str | Path | None = None) -> "Figures":
+        """The run's figures (a notebook shows them all); with `out`, also written there as PNG and SVG."""
         figs = self.figures()
         if out is not None:
             from deval.report.plots import save_figures
 
             save_figures(figs, Path(out))
-        return [f for _, f in figs]
+        return Figures(f for _, f in figs)
 
     def html(self, file: str | Path) -> Path:
         """Write the self-contained HTML report of this run to `file`."""
@@ -112,6 +112,15 @@ class Result:
         v = self.verdict
         said = f", verdict {v.get('type')}" if isinstance(v, dict) and "type" in v else ""
         return f"Result({self.kind} run in {self.path}{said})"
+
+
+class Figures(list):
+    """A list of matplotlib Figures that a notebook displays one below the other."""
+
+    def _repr_html_(self) -> str:
+        from deval.report.html import figure_html
+
+        return "".join(figure_html([(str(i), f) for i, f in enumerate(self)]))
 
 
 def load(path: str | Path) -> Result:
