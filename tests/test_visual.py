@@ -197,3 +197,18 @@ def test_calibration_and_diversity_figures_and_pages(monkeypatch, tmp_path):
         assert pngs and all(coloured_pixels(p) > 500 for p in pngs)
         page = (tmp_path / f"{kind}.html").read_text()
         assert page.count("<svg") == len(pngs) and "<script" not in page
+
+
+def test_progress_counts_every_record_and_resumes_part_way(tmp_path):
+    import deval
+
+    calls = []
+    r = deval.profile(model="e", backend="mock", tasks=["coin"], runs=3, steps=4, out=tmp_path / "r",
+                      progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 12) and calls[-1] == (12, 12) and len(calls) == 13
+    lines = (r.path / "steps.jsonl").read_text().splitlines()
+    (r.path / "steps.jsonl").write_text("\n".join(lines[:8]) + "\n")  # two of three runs finished
+    (r.path / "summary.json").unlink()
+    calls.clear()
+    again = deval.profile(resume=r.path, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (8, 12) and calls[-1] == (12, 12) and again.summary == r.summary
