@@ -120,7 +120,7 @@ def test_profile_run_files_on_the_real_model(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["backend"] == "local" and summary["model"].endswith(".gguf")
     assert summary["verdict"]["type"] in ("D", "E", "undetermined") and summary["verdict"]["reason"]
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary.pop("run_dir") == str(out) and json.loads((out / "summary.json").read_text()) == summary
     records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert len(records) == 8
     assert all(0.0 <= r["on_set_mass"] <= 1.0 + 1e-9 for r in records)
