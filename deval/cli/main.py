@@ -1,4 +1,4 @@
-"""The deval command line: profile, report, tasks, backends."""
+"""The deval command line: profile, report, tasks, backends (and the commands registered from other modules)."""
 
 from __future__ import annotations
 
@@ -169,6 +169,10 @@ register_dynamics(app)
 from deval.cli.probe import probe_command  # noqa: E402  (the probe command lives in its own module)
 
 app.command("probe")(probe_command)
+
+from deval.cli.layers import layers_command  # noqa: E402  (the logit lens lives in its own module)
+
+app.command("layers")(layers_command)
 
 
 def main() -> None:
