@@ -22,7 +22,9 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
 from deval.errors import ConfigError, DevalError
+from deval.analyses.layers import SCHEMA as LAYERS_SCHEMA
 from deval.analyses.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
+from deval.report.layers import render_layers
 from deval.report.profile import render_profile
 from deval.runs.store import RunDir, dumps
 from deval.core.tasks import TaskCatalog, builtin_tasks_dir, task_from_dict
@@ -121,6 +123,9 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
         print(dumps(summary))
         return
     if render_run(summary, rd.path, out):  # sweep, calibration or diversity run
+        return
+    if summary.get("schema") == LAYERS_SCHEMA:
+        render_layers(summary, console=out, where=str(rd.path))
         return
     config = rd.manifest()["config"]
     tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
