@@ -172,7 +172,7 @@ def test_head_matches_a_float64_reference_on_a_crafted_file(tmp_path):
     ref = (h / np.sqrt((h.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + 1e-5)) * norm @ weight.T.astype(float)
     ref = ref - np.log(np.exp(ref - ref.max(1, keepdims=True)).sum(1, keepdims=True)) - ref.max(1, keepdims=True)
     assert np.max(np.abs(head.logprobs(h) - ref)) < 1e-5
-    assert list((tmp_path / "cache" / "lens").glob("*.npy"))  # dequantised once, cached per model file
+    assert list((tmp_path / "cache" / "lens").glob("*.npz"))  # dequantised once, cached per model file
     again = read_head(path, cache_dir=tmp_path / "cache")
     assert np.array_equal(again.weight, head.weight)
 

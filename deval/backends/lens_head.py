@@ -12,6 +12,7 @@ embeddings); with it, by ~1e-5.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +112,15 @@ def _field(reader, key: str):
 
 
 def read_head(path: Path, cache_dir: Path | None = None) -> Head:
-    """The lens head of a GGUF; a one-line error for an architecture or a file the lens cannot read."""
+    """The lens head of a GGUF; a one-line error for an architecture or a file the lens cannot read.
+
+    Read once per model file, then from the cache (~/.cache/deval/lens): parsing a GGUF's metadata in Python
+    and dequantising its unembedding take seconds."""
+    path = Path(path)
+    cache = _cache_path(path, cache_dir)
+    head = _load_cached(cache)
+    if head is not None:
+        return head
     try:
         import gguf
     except ImportError:
@@ -141,30 +150,38 @@ def read_head(path: Path, cache_dir: Path | None = None) -> Head:
                           f"it supports {', '.join(DOT_TYPES)}")
     norm_t = tensors["output_norm.weight"]
     norm = gguf.quants.dequantize(norm_t.data, norm_t.tensor_type).astype(np.float32).reshape(-1)
-    weight = _cached_weight(path, w, gguf, cache_dir)
+    weight = gguf.quants.dequantize(w.data, w.tensor_type).astype(np.float32)  # exact dequantised values
     if weight.ndim != 2 or weight.shape[1] != norm.shape[0]:
         raise ConfigError(f"{path.name}: {weight_name} {weight.shape} does not match output_norm {norm.shape}")
     softcap = _field(reader, f"{arch}.final_logit_softcapping")
-    return Head(arch=arch, n_layer=int(n_layer), eps=float(eps), norm=norm, weight=weight,
-                weight_name=weight_name, weight_type=wtype, softcap=float(softcap) if softcap else None)
+    meta = {"arch": arch, "n_layer": int(n_layer), "eps": float(eps), "weight_name": weight_name,
+            "weight_type": wtype, "softcap": float(softcap) if softcap else None}
+    _save_cached(cache, meta, norm, weight)
+    return Head(norm=norm, weight=weight.astype(np.float64), **meta)
 
 
-def _cached_weight(path: Path, tensor, gguf, cache_dir: Path | None) -> np.ndarray:
-    """The dequantised output matrix in float64, from ~/.cache/deval/lens when this file was read before."""
+def _cache_path(path: Path, cache_dir: Path | None) -> Path:
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{tensor.name}|{CACHE_VERSION}"
-    cache = (cache_dir or default_cache_dir()) / "lens" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npy")
-    if cache.exists():
-        try:
-            return np.load(cache).astype(np.float64)
-        except (OSError, ValueError):
-            pass  # a damaged cache file is rebuilt below
-    weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)  # exact dequantised values
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{CACHE_VERSION}"
+    return (cache_dir or default_cache_dir()) / "lens" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
+
+
+def _load_cached(cache: Path) -> Head | None:
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as z:
+            meta = json.loads(str(z["meta"]))
+            return Head(norm=z["norm"], weight=z["weight"].astype(np.float64), **meta)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged cache file is rebuilt
+
+
+def _save_cached(cache: Path, meta: dict, norm: np.ndarray, weight: np.ndarray) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, weight)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, meta=np.array(json.dumps(meta)), norm=norm, weight=weight)
         tmp.replace(cache)
     except OSError:
         pass  # an unwritable cache costs time, not correctness
-    return weight.astype(np.float64)
