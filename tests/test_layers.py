@@ -129,8 +129,9 @@ def test_cli_json_run_directory_and_resume(tmp_path):
     proc = run_cli("layers", "--resume", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == summary
-    text = run_cli("layers", "--resume", str(out))
+    text = run_cli("report", str(out))  # re-rendered from the files, no model
     assert text.returncode == 0 and "logit lens" in text.stdout and "lens check" in text.stdout
+    assert "deval layers --resume" in one_line_error(run_cli("profile", "--resume", str(out)))
 
 
 def write_gguf(path: Path, arch: str, tensors: dict[str, np.ndarray]) -> Path:

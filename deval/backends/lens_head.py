@@ -59,8 +59,10 @@ class Head:
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         """Logits (float64) for each row of hidden (rows, n_embd): the model's final norm and output matrix."""
         x = np.asarray(hidden, dtype=np.float32)
-        mean = (x.astype(np.float64) ** 2).mean(axis=1, keepdims=True)  # ggml sums in double
-        scale = (np.float32(1.0) / np.sqrt((mean + self.eps).astype(np.float32))).astype(np.float32)
+        # ggml's rms_norm to the last bit: float32 squares summed in double, the mean, epsilon, square root and
+        # scale in float32 (one ulp off here can flip an activation's rounding below and move a logit by 1e-2)
+        mean = ((x * x).astype(np.float64).sum(axis=1, keepdims=True) / x.shape[1]).astype(np.float32)
+        scale = np.float32(1.0) / np.sqrt(mean + np.float32(self.eps))
         normed = (x * scale) * self.norm
         logits = round_activation(normed, self.dot_type) @ self.weight.T
         if self.softcap:
