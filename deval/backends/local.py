@@ -115,8 +115,8 @@ class LocalBackend:
         self.gpu_layers = gpu_layers if gpu_layers is not None else (-1 if self.gpu_offload else 0)
         self.raw_prompt = raw_prompt
         try:
-            self.llm = open_llama(path, threads=threads, n_gpu_layers=self.gpu_layers,
-                             n_ctx=ctx or 2048, logits_all=False, verbose=False)
+            self.llm = self._open(path, threads=threads, n_gpu_layers=self.gpu_layers,
+                                  n_ctx=ctx or 2048, logits_all=False, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"llama.cpp could not load {path} ({exc}); check that the GGUF is complete "
                               f"and of an architecture this llama-cpp-python supports") from None
@@ -188,6 +188,13 @@ class LocalBackend:
 
     # -- internals -------------------------------------------------------------------------------------
 
+    def _open(self, path: Path, **kwargs) -> Llama:
+        """The Llama this backend evaluates with (deval.backends.lens adds its layer capture here)."""
+        return open_llama(path, **kwargs)
+
+    def _decoded(self, batch_index: list[int]) -> None:
+        """Called after each decode with the batch indices whose logits were read (a hook for the lens)."""
+
     def _chat_formatter(self):
         template = self.llm.metadata.get("tokenizer.chat_template")
         if self.raw_prompt or not template:
@@ -256,6 +263,7 @@ class LocalBackend:
             if code not in (None, 0):
                 raise BackendError(f"llama.cpp decode failed with code {code}")
             self.evals += 1
+            self._decoded(wanted)
             for i in wanted:
                 logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(i), shape=(self.n_vocab,))
                 rows.append(log_softmax(logits))

@@ -1,4 +1,4 @@
-"""The deval command line: profile, report, tasks, backends."""
+"""The deval command line: profile, report, tasks, backends (and the commands registered from other modules)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
 from deval.errors import DevalError, RunInterrupted
+from deval.analyses.layers import SCHEMA as LAYERS_SCHEMA
 from deval.analyses.profile import execute, load_config
+from deval.report.layers import render_layers
 from deval.report.profile import render_profile
 from deval.runs.store import RunDir, dumps
 from deval.core.tasks import TaskCatalog, builtin_tasks_dir
@@ -125,6 +127,9 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
             out.print(f"wrote {html_file} (self-contained: open it in any browser, offline)", highlight=False,
                       soft_wrap=True)
         return
+    if summary.get("schema") == LAYERS_SCHEMA:
+        render_layers(summary, console=out, where=str(result.path))
+        return
     if render_run(summary, result.path, out):  # sweep, calibration or diversity run
         return
     context = result.context()
@@ -176,6 +181,9 @@ app.command("probe")(probe_command)
 from deval.cli.compare import compare_command  # noqa: E402
 
 app.command("compare")(compare_command)
+from deval.cli.layers import layers_command  # noqa: E402  (the logit lens lives in its own module)
+
+app.command("layers")(layers_command)
 
 
 def main() -> None:
