@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import List
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -17,15 +16,17 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
-                              TopPOpt,
-                              default_dir, err, interrupted, out, profile_config, with_given_again)
+                              TemperatureOpt, TopPOpt,
+                              check_resume, damaged_summary, default_dir, err, interrupted, out, profile_config,
+                              stopped, with_given_again)
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
+from deval.cli.validate import run_app
 from deval.errors import ConfigError, DevalError
 from deval.analyses.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
 from deval.report.profile import render_profile
-from deval.runs.store import RunDir, dumps
-from deval.core.tasks import TaskCatalog, builtin_tasks_dir, task_from_dict
+from deval.runs.store import RunDir, dumps, parse_config
+from deval.core.tasks import TaskCatalog, builtin_tasks_dir
 from deval.core.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -41,7 +42,7 @@ def profile(
     tasks_dir: TasksDirOpt = [],
     runs: RunsOpt = 10,
     steps: StepsOpt = None,
-    temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
+    temperature: TemperatureOpt = 1.0,
     seed: SeedOpt = 0,
     mode: ModeOpt = None,
     top_k: TopKOpt = None,
@@ -74,7 +75,9 @@ def profile(
         if stored.get("schema") != MANIFEST_SCHEMA:
             raise ConfigError(f"{resume} is not a profile run ({stored.get('schema')}); resume it with "
                               f"deval {command_for(stored)} --resume {resume}")
-        config = with_given_again(ProfileConfig.from_dict(stored["config"]), base_url, api_key_env)
+        check_resume(stored["config"], resume)
+        config = with_given_again(parse_config(resume, ProfileConfig.from_dict, stored["config"]), base_url,
+                                  api_key_env)
     else:
         config = profile_config(locals(), temperature)
         run_dir = None
@@ -88,6 +91,8 @@ def profile(
             summary = _run_with_progress(config, engine, run_dir, quiet=json_out)
         except KeyboardInterrupt:
             raise interrupted("profile", run_dir.path) from None
+        except DevalError as exc:
+            raise stopped("profile", run_dir.path, exc) from None
     finally:
         engine.close()
     if json_out:
@@ -120,12 +125,13 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     if json_out:
         print(dumps(summary))
         return
-    if render_run(summary, rd.path, out):  # sweep, calibration or diversity run
-        return
-    config = rd.manifest()["config"]
-    tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
-             for t in config["tasks"]}
-    render_profile(summary, tasks, rd.steps(), console=out, where=str(rd.path))
+    try:
+        if render_run(summary, rd.path, out):  # sweep, calibration or diversity run
+            return
+        config = parse_config(rd.path, ProfileConfig.from_dict, rd.manifest()["config"])
+        render_profile(summary, {t.name: t for t in config.tasks}, rd.steps(), console=out, where=str(rd.path))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise damaged_summary(rd.path, command_for(rd.manifest()), exc) from None
 
 
 @app.command("tasks")
@@ -172,14 +178,7 @@ app.command("probe")(probe_command)
 
 
 def main() -> None:
-    try:
-        app()
-    except DevalError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    sys.exit(run_app(app, console=err))
 
 
 if __name__ == "__main__":
