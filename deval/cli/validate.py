@@ -46,17 +46,17 @@ class Number:
         self.example = example
         self.name = "integer" if kind is int else "number"
 
-    def _fix(self) -> str:
-        lo = f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}" if self.lo is not None else ""
+    def _span(self) -> str:
+        lo = (f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}") if self.lo is not None else ""
         hi = f"<= {self.hi}" if self.hi is not None else ""
-        span = " and ".join(s for s in (lo, hi) if s)
-        what = ("a whole number" if self.kind is int else "a finite number") + (f" {span}" if span else "")
-        return f"give {what}, e.g. {self.example}" if self.example is not None else f"give {what}"
+        return " and ".join(s for s in (lo, hi) if s)
 
-    def fail(self, message: str):
-        raise typer.BadParameter(message)
+    def fail(self, what: str, value) -> None:
+        example = f"; e.g. {self.example}" if self.example is not None else ""
+        raise typer.BadParameter(f"must be {what} (got {_number_text(value)}){example}")
 
     def __call__(self, value):
+        kind = "a whole number" if self.kind is int else "a number"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = value
         else:
@@ -71,13 +71,13 @@ class Number:
                 if self.kind is int and as_float is not None and math.isfinite(as_float) and as_float.is_integer():
                     number = int(as_float)
                 else:
-                    self.fail(f"{text!r} is not {'a whole number' if self.kind is int else 'a number'}; "
-                              f"{self._fix()}")
+                    self.fail(f"{kind} {self._span()}".strip(), text)
         if isinstance(number, float) and not math.isfinite(number):
-            self.fail(f"{_number_text(value)} is not a finite number; {self._fix()}")
-        below = self.lo is not None and (number <= self.lo if self.lo_open else number < self.lo)
-        if below or (self.hi is not None and number > self.hi):
-            self.fail(f"{_number_text(number)} is out of range; {self._fix()}")
+            self.fail(f"a finite number {self._span()}".strip(), value)
+        if self.lo is not None and (number <= self.lo if self.lo_open else number < self.lo):
+            self.fail((f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}"), number)
+        if self.hi is not None and number > self.hi:
+            self.fail(f"<= {self.hi}", number)
         return self.kind(number)
 
 
@@ -87,11 +87,11 @@ def out_dir(value) -> Path | None:
         return value
     text = str(value)
     if not text.strip():
-        raise typer.BadParameter("'' is empty, which would write the run into the working directory; give a new "
-                                 "directory, e.g. --out runs/my-run")
+        raise typer.BadParameter("must not be empty (got ''): that would write the run into the working directory; "
+                                 "give a new directory, e.g. --out runs/my-run")
     path = Path(text)
     if path.exists() and not path.is_dir():
-        raise typer.BadParameter(f"{text} is a file, not a directory; give a new directory, e.g. --out {text}-run")
+        raise typer.BadParameter(f"must be a directory (got {text}, a file); give a new one, e.g. --out {text}-run")
     return path
 
 
@@ -113,10 +113,10 @@ def api_key_env(ctx, param, value):
         if looks_like_key(value) or len(value) >= 20:
             raise typer.BadParameter(f"takes the name of an environment variable, not the key itself (got "
                                      f"{mask(value)}); run export MY_KEY=... and pass --api-key-env MY_KEY")
-        raise typer.BadParameter(f"{value!r} is not an environment variable name (letters, digits, _); "
+        raise typer.BadParameter(f"must name an environment variable (letters, digits, _; got {value!r}); "
                                  "e.g. --api-key-env OPENAI_API_KEY")
     if not os.environ.get(value):
-        raise typer.BadParameter(f"${value} is not set or empty; run export {value}=... first, or name "
+        raise typer.BadParameter(f"names ${value}, which is not set or empty; run export {value}=... first, or name "
                                  "another variable")
     return value
 
@@ -129,7 +129,7 @@ def base_url(ctx, param, value):
 
     problem = url_problem(value, "--base-url")
     if problem:
-        raise typer.BadParameter(problem.split(": ", 1)[1])
+        raise ConfigError(problem)
     return value
 
 
@@ -208,10 +208,17 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+OWN_WORDING = ("must ", "takes ", "names ")  # how this module's parsers and callbacks start their messages
+
+
 def usage_line(exc: UsageError) -> str:
     """click's multi-line usage error as one line that names where help is."""
-    message = one_line(exc.format_message())
-    message = message[0].lower() + message[1:] if message[:1].isupper() else message
+    param = getattr(exc, "param", None)
+    if isinstance(exc, typer.BadParameter) and param is not None and str(exc.message).startswith(OWN_WORDING):
+        return f"{param.opts[0] if param.opts else param.name} {one_line(exc.message)}"  # ours: it names the fix
+    else:
+        message = one_line(exc.format_message())
+        message = message[0].lower() + message[1:] if message[:1].isupper() else message
     command = exc.ctx.command_path if exc.ctx is not None else "deval"
     command = "deval" + command[len(command.split(" ")[0]):] if command else "deval"
     if "--help" in message:
