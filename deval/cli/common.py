@@ -125,7 +125,7 @@ def stopped(command: str, path: Path, exc: Exception) -> DevalError:
     kept = sum(len(RecordLog(p).read(repair=False)) for p in sorted(Path(path).rglob("*.jsonl")))
     error = RunStopped(f"{exc}; stopped with {kept} record{'s' * (kept != 1)} kept in {path}; fix the cause, then "
                        f"finish with: deval {command} --resume {path}")
-    error.exit_code = getattr(exc, "exit_code", 1)
+    error.exit_code = 2 if isinstance(exc, ConfigError) else 1  # bad input found mid-run stays a usage error
     return error
 
 
