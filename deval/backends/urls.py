@@ -39,14 +39,14 @@ def url_problem(url: str, source: str = "--base-url") -> str | None:
     if not url.strip():
         return f"{source} is empty: {fix}"
     if not url.startswith(("http://", "https://")):
-        return f"{source} {shown}: must start with http:// or https://; {fix}"
+        return f"{source} {shown}: is not a valid URL (it must start with http:// or https://); {fix}"
     if any(ch.isspace() for ch in url):
-        return f"{source} {shown}: contains whitespace; {fix}"
+        return f"{source} {shown}: is not a valid URL (it contains whitespace); {fix}"
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # raises for a port out of range or not a number
     except ValueError as exc:
         return f"{source} {shown}: is not a valid URL ({exc}); {fix}"
     if not parts.hostname:
-        return f"{source} {shown}: has no host; {fix}"
+        return f"{source} {shown}: is not a valid URL (no host); {fix}"
     return None
