@@ -285,6 +285,11 @@ CASES = [
          ("$OPENAI_BASE_URL", "no host"), env={"OPENAI_BASE_URL": "http:///v1"}),
     Case("openai-base-url-env-port", ["profile", "--backend", "openai", "--model", "m"],
          ("$OPENAI_BASE_URL", "Port out of range"), env={"OPENAI_BASE_URL": "http://127.0.0.1:99999/v1"}),
+    Case("probe-timeout-nan", ["probe", "--model", "m", "--timeout", "nan"], ("--timeout must be a finite number",)),
+    Case("probe-key-pasted", ["probe", "--model", "m", "--api-key-env", SECRET], ("--api-key-env takes the name",),
+         hidden=SECRET[3:]),
+    Case("probe-base-url-env", ["probe", "--model", "m"], ("$OPENAI_BASE_URL", "not a valid URL"),
+         env={"OPENAI_BASE_URL": "127.0.0.1:8080"}),
     # endpoints
     Case("base-url-scheme", ["profile", "--backend", "llama-server", "--model", "m", "--base-url", "ftp://h/v1"],
          ("--base-url", "http://", "HOST:PORT")),

@@ -30,7 +30,8 @@ from deval.core.tasks import TaskCatalog, builtin_tasks_dir
 from deval.core.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Profile how a language model samples: P_token against P_task, D-model or E-model.")
+                  help="Profile how a language model samples: P_token against P_task, D-model or E-model. "
+                       "Errors are one line; --debug (anywhere) adds the traceback.")
 VALID_SET_PREVIEW = 6  # members shown per valid-set task in 'deval tasks'
 
 
