@@ -213,6 +213,10 @@ CASES = [
     Case("tasks-same-name-as-shipped", P + ["--tasks-dir", "{tmp}/tasks"], ("two tasks are named 'coin'",
                                                                             "coin.toml", "mycoin.toml"),
          files={"tasks/mycoin.toml": task_text(name='"coin"')}),
+    Case("tasks-chosen-same-name", P + ["--task", "{tmp}/a.toml", "--task", "{tmp}/b.toml"],
+         ("two tasks are named 'mine'", "a.toml", "b.toml"), files={"a.toml": GOOD_TASK, "b.toml": GOOD_TASK}),
+    Case("task-file-named-like-shipped", P + ["--task", "coin", "--task", "{tmp}/c.toml"],
+         ("two tasks are named 'coin'", "c.toml"), files={"c.toml": task_text(name='"coin"')}),
     # files and paths: --out
     Case("out-empty", P + ["--out", ""], ("--out must not be empty", "working directory", "--out runs/my-run")),
     Case("out-blank", P + ["--out", "  "], ("--out must not be empty",)),

@@ -157,6 +157,7 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     filters = filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"])
     catalog = TaskCatalog.load(list(o["tasks_dir"]))
     tasks = tuple(catalog.get(ref) for ref in dict.fromkeys(o["task"]))
+    validate.distinct_tasks(tasks)
     validate.check_total(o["runs"], o["steps"], [t.steps for t in tasks])
     chosen = backend_options(o["backend"], **{k: o[k] for k in BACKEND_OPTIONS})
     return ProfileConfig(backend=o["backend"], model=o["model"] or "", tasks=tasks, runs=o["runs"], steps=o["steps"],

@@ -287,5 +287,15 @@ def check_total(runs: int, steps: int | None, task_steps: list[int], limit: int 
                           f"{limit:,}; lower --runs or --steps")
 
 
+def distinct_tasks(tasks) -> None:
+    """Two chosen tasks with one name would mix their records in one summary entry: refuse, naming both."""
+    seen = {}
+    for task in tasks:
+        if task.name in seen:
+            raise ConfigError(f"two tasks are named '{task.name}': {seen[task.name] or 'shipped'} and "
+                              f"{task.source or 'shipped'}; rename one (field 'name')")
+        seen[task.name] = task.source
+
+
 __all__ = ["Number", "ConfigError", "api_key_env", "base_url", "env_base_url", "out_dir", "refuse_changed_on_resume",
            "run_app", "check_total"]
