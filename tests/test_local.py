@@ -215,3 +215,24 @@ def test_item_sampler_draws_items_with_their_probabilities(backend):
     wanted = np.append(expected[big], expected[~big].sum())
     keep = wanted > 0
     assert stats.chisquare(observed[keep], wanted[keep] * observed.sum() / wanted[keep].sum()).pvalue > 1e-3
+
+
+def test_threads_set_the_batch_threads_too_and_waits_are_passive():
+    from deval.backends.local import LocalBackend
+
+    local = LocalBackend(threads=1, ctx=256)
+    try:
+        params = local.llm.context_params
+        assert (params.n_threads, params.n_threads_batch) == (1, 1)
+    finally:
+        local.close()
+    import os
+    import subprocess
+    import sys
+
+    code = "import deval.backends.local, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                            capture_output=True, text=True, check=True)
+    assert (unset.stdout.strip(), chosen.stdout.strip()) == ("PASSIVE", "ACTIVE")  # the user's choice wins
