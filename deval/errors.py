@@ -1,8 +1,11 @@
-"""The errors deval raises on purpose; the CLI prints these as one line and exits 2."""
+"""The errors deval raises on purpose; the CLI prints these as one line and exits with their exit_code
+(2: bad input the user can fix before running; 1: a failure at run time)."""
 
 
 class DevalError(Exception):
     """Root of every error the CLI reports as a one-line message."""
+
+    exit_code = 2
 
 
 class ConfigError(DevalError):
@@ -16,6 +19,13 @@ class BackendUnavailable(DevalError):
 class BackendError(DevalError):
     """A backend failed in a way that retrying will not fix."""
 
+    exit_code = 1
+
+
+class RunStopped(DevalError):
+    """A run gave up part-way; the message says how far it got and how to resume."""
+
+    exit_code = 1
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run: `path` holds every finished record, so the run can be resumed from it."""

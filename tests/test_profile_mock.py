@@ -82,7 +82,7 @@ def test_resume_measures_only_missing_runs_and_gives_the_same_summary(tmp_path):
     full, _, _ = profile("e", tmp_path / "full", runs=4, steps=6)
     # an interrupted run: two complete runs, one torn in the middle, then a torn last line
     config = ProfileConfig(backend="mock", model="e", tasks=(CATALOG.get("flat"),), runs=4, steps=6)
-    run_dir = RunDir.create(tmp_path / "cut", {"config": config.to_dict()})
+    run_dir = RunDir.create(tmp_path / "cut", {"schema": "deval.manifest/1", "config": config.to_dict()})
     steps = list(MockBackend("e").measure(config.run_specs(CATALOG.get("flat"))))
     for step in steps[:15]:
         run_dir.append(step)

@@ -14,8 +14,8 @@ from deval.version import __version__
 from deval.core.protocol import Backend, Filters, RunSpec, Step, run_seed
 from deval.backends.urls import redact
 from deval.analyses.result import MANIFEST_COMMANDS, Result, command_for  # noqa: F401  (command_for: public here)
-from deval.errors import ConfigError, RunInterrupted
-from deval.runs.store import RunDir, default_run_dir
+from deval.errors import ConfigError, DevalError, RunInterrupted
+from deval.runs.store import RunDir, default_run_dir, parse_config, stopped
 from deval.core.summary import summarise_task, verdict
 from deval.core.tasks import Task, task_from_dict
 
@@ -119,7 +119,7 @@ def load_config(path: Path) -> ProfileConfig:
     if stored.get("schema") != MANIFEST_SCHEMA:
         raise ConfigError(f"{path} is not a profile run ({stored.get('schema')}); resume it with "
                           f"deval {command_for(stored)} --resume {path}")
-    return ProfileConfig.from_dict(stored["config"])
+    return parse_config(path, ProfileConfig.from_dict, stored["config"])
 
 
 def execute(config: ProfileConfig, out: Path | None = None, resume: Path | None = None,
@@ -150,6 +150,8 @@ def execute(config: ProfileConfig, out: Path | None = None, resume: Path | None 
             summary = run_profile(config, engine, run_dir, on_step=on_step)
         except KeyboardInterrupt:
             raise RunInterrupted(run_dir.path) from None
+        except DevalError as exc:
+            raise stopped("profile", run_dir.path, exc) from None
     finally:
         engine.close()
     return Result(summary, run_dir.path)

@@ -14,10 +14,11 @@ from deval.core.protocol import Backend, Step, TrieLogprobs
 from deval.errors import ConfigError
 from deval.analyses.profile import Progress, ProfileConfig, manifest, run_profile
 from deval.analyses.result import Result
-from deval.errors import RunInterrupted
+from deval.errors import DevalError, RunInterrupted
 from deval.core.sampling import logsumexp
 from deval.core.trie import chain_rule
-from deval.runs.store import MANIFEST, SUMMARY, RunDir, create_run_dir, default_run_dir, dump_json, read_json
+from deval.runs.store import (MANIFEST, SUMMARY, RunDir, create_run_dir, default_run_dir, dump_json, parse_config,
+                              read_manifest, stopped)
 from deval.core.summary import TaskArrays, bootstrap_stat
 
 SCHEMA = "deval.sweep/1"
@@ -80,11 +81,13 @@ def create_sweep_dir(path: Path, config: SweepConfig, backend: Backend) -> Path:
 
 
 def load_sweep_config(path: Path) -> SweepConfig:
-    m = read_json(Path(path) / MANIFEST)
+    if not Path(path).is_dir():
+        raise ConfigError(f"run directory {path} not found; pass the --out directory of an earlier 'deval sweep'")
+    m = read_manifest(path)
     if m.get("schema") != MANIFEST_SCHEMA:
         raise ConfigError(f"{path} is not a sweep run directory (manifest schema {m.get('schema')}); "
                           f"use 'deval profile --resume' for profile runs")
-    return SweepConfig.from_dict(m["config"])
+    return parse_config(path, SweepConfig.from_dict, m["config"])
 
 
 def run_sweep(config: SweepConfig, backend: Backend, path: Path,
@@ -134,6 +137,8 @@ def execute(config: SweepConfig, out: Path | None = None, resume: Path | None = 
             summary = run_sweep(config, engine, path, on_step=on_step)
         except KeyboardInterrupt:
             raise RunInterrupted(path) from None
+        except DevalError as exc:
+            raise stopped("sweep", path, exc) from None
     finally:
         engine.close()
     return Result(summary, path)

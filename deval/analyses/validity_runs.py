@@ -13,7 +13,8 @@ from deval.core.sampling import Filters
 from deval.analyses.calibration import Rule
 from deval.errors import ConfigError
 from deval.core.exact import ExactModel, TaskSession, Vocab
-from deval.runs.store import MANIFEST, SUMMARY, RecordLog, create_run_dir, dump_json, read_json
+from deval.runs.store import (MANIFEST, SUMMARY, RecordLog, create_run_dir, dump_json, parse_config,
+                              read_manifest)
 from deval.core.validsets import ValidSetTask, valid_set_from_dict
 
 NODES = "nodes.jsonl"  # calibration: one record per trie node
@@ -47,7 +48,7 @@ def load_manifest(path: Path, schema: str, command: str) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"run directory {path} not found; pass the --out directory of an earlier 'deval {command}'")
-    m = read_json(path / MANIFEST)
+    m = read_manifest(path)
     if m.get("schema") != schema:
         raise ConfigError(f"{path} is not a '{command}' run directory (manifest schema {m.get('schema')}); "
                           f"resume it with the command that wrote it")
@@ -86,7 +87,8 @@ def calibration_manifest(config: CalibrationConfig, backend: dict) -> dict:
 
 
 def load_calibration_config(path: Path) -> CalibrationConfig:
-    return CalibrationConfig.from_dict(load_manifest(path, CALIBRATION_MANIFEST, "calibration")["config"])
+    manifest = load_manifest(path, CALIBRATION_MANIFEST, "calibration")
+    return parse_config(path, CalibrationConfig.from_dict, manifest["config"])
 
 
 def run_calibration(config: CalibrationConfig, model: ExactModel, path: Path, backend: dict,
@@ -165,7 +167,8 @@ def diversity_manifest(config: DiversityConfig, backends: dict) -> dict:
 
 
 def load_diversity_config(path: Path) -> DiversityConfig:
-    return DiversityConfig.from_dict(load_manifest(path, DIVERSITY_MANIFEST, "diversity")["config"])
+    manifest = load_manifest(path, DIVERSITY_MANIFEST, "diversity")
+    return parse_config(path, DiversityConfig.from_dict, manifest["config"])
 
 
 def run_diversity(config: DiversityConfig, models: dict[str, ExactModel], path: Path, backends: dict,

@@ -19,6 +19,7 @@ from typing import Awaitable, Callable
 import httpx
 import numpy as np
 
+from deval.backends.urls import redact
 from deval.errors import BackendError, BackendUnavailable
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
@@ -32,6 +33,14 @@ class Transient(Exception):
         super().__init__(reason)
         self.retry_after = retry_after
         self.connect = connect  # no connection at all: retried only within the short connect budget
+
+
+class NotAnAPI(BackendError):
+    """The server answered a page (HTML), not JSON: the base URL does not point at an OpenAI-compatible API."""
+
+
+class AuthFailed(BackendError):
+    """401/403: the key is missing or refused; not retried, and not taken for a missing feature by the probe."""
 
 
 class Refused(BackendError):
@@ -145,6 +154,17 @@ class Transport:
                 self.retries += 1
                 await self.sleep(wait)
 
+    def _where(self, route: str) -> str:
+        return redact(str(self.client.base_url).rstrip("/") + "/" + route)
+
+    def _auth_failed(self, response: httpx.Response, route: str) -> AuthFailed:
+        env = self.api_key_env or "the key's variable"
+        sent = "authorization" in self.client.headers
+        fix = (f"check that ${env} holds a valid key for this server" if sent else
+               f"no key was sent: export the key as ${env} (or name its variable with --api-key-env)")
+        return AuthFailed(f"{self._where(route)}: authentication failed (HTTP {response.status_code}: "
+                          f"{server_message(response)}); {fix}")
+
     async def _once(self, route: str, body: dict, check: Callable[[dict], None]) -> tuple[dict, bytes]:
         try:
             response = await self.client.post(route, json=body)
@@ -158,11 +178,26 @@ class Transport:
         if status in RETRY_STATUS or status >= 500:
             raise Transient(f"HTTP {status}: {server_message(response)}",
                             retry_after_seconds(response.headers.get("retry-after")))
+        if status in (401, 403):
+            raise self._auth_failed(response, route)
+        if status >= 400 and _is_html(response):
+            raise NotAnAPI(f"{self._where(route)} answered HTTP {status} with an HTML page: this is not an "
+                           "OpenAI-compatible API; check the base URL (it usually ends in /v1)")
         if status >= 400:
             raise refusal(response, route, self.api_key_env)
         try:
             data = json.loads(response.content)
         except (json.JSONDecodeError, UnicodeDecodeError):
+            if _is_html(response):
+                raise NotAnAPI(f"{self._where(route)} answered an HTML page, not JSON: this is not an "
+                               "OpenAI-compatible API; check the base URL (it usually ends in /v1, e.g. "
+                               "http://127.0.0.1:8080/v1)") from None
             raise Transient(f"the body is not complete JSON ({len(response.content)} bytes)") from None
         check(data)
         return data, response.content
+
+
+def _is_html(response: httpx.Response) -> bool:
+    """A web page rather than an API answer (by content type, or by a body that opens with a tag)."""
+    kind = response.headers.get("content-type", "").lower()
+    return "html" in kind or response.content.lstrip()[:1] == b"<"

@@ -89,6 +89,21 @@ def open_llama(path: Path, threads: int | None = None, **kwargs) -> Llama:
         return Llama(model_path=str(path), n_threads=n, n_threads_batch=n, **kwargs)
 
 
+DEFAULT_CTX = 2048
+
+
+def check_ctx(path: Path, ctx: int) -> None:
+    """Refuse a context longer than the model was trained on (read from the GGUF header, before any allocation)."""
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with suppress_stdout_stderr(disable=False):  # llama.cpp warns on stderr about the header-only context
+        header = open_llama(path, vocab_only=True, verbose=False)
+    trained = next((v for k, v in header.metadata.items() if k.endswith(".context_length")), None)
+    if trained is not None and str(trained).isdigit() and ctx > int(trained):
+        raise ConfigError(f"--ctx {ctx} is more than {path.name} was trained on ({trained} tokens); "
+                          f"give --ctx {trained} or less")
+
+
 def check_model_file(path: Path) -> Path:
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; pass the .gguf file inside it with --model")
@@ -114,10 +129,15 @@ class LocalBackend:
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         self.gpu_layers = gpu_layers if gpu_layers is not None else (-1 if self.gpu_offload else 0)
         self.raw_prompt = raw_prompt
+        if ctx and ctx > DEFAULT_CTX:
+            check_ctx(path, ctx)
         try:
             self.llm = self._open(path, threads=threads, n_gpu_layers=self.gpu_layers,
-                                  n_ctx=ctx or 2048, logits_all=False, verbose=False)
+                                  n_ctx=ctx or DEFAULT_CTX, logits_all=False, verbose=False)
         except (ValueError, RuntimeError) as exc:
+            if ctx and ctx > DEFAULT_CTX:  # the model loads at the default size: the context did not fit
+                raise ConfigError(f"llama.cpp could not make a {ctx}-token context for {path} ({exc}); lower --ctx "
+                                  f"(e.g. --ctx 2048, or drop it for the default)") from None
             raise ConfigError(f"llama.cpp could not load {path} ({exc}); check that the GGUF is complete "
                               f"and of an architecture this llama-cpp-python supports") from None
         self.n_vocab = self.llm.n_vocab()

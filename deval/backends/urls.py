@@ -28,3 +28,25 @@ def redact(url: str) -> str:
 
 def is_redacted(url: str) -> bool:
     return MARK in url
+
+
+def url_problem(url: str, source: str = "--base-url") -> str | None:
+    """Why a base URL cannot be used, as '<source> <url, redacted>: <why>; <fix>', or None when it is fine."""
+    import urllib.parse
+
+    shown = redact(url) or "''"
+    fix = "give it as http://HOST:PORT/v1"
+    if not url.strip():
+        return f"{source} is empty: {fix}"
+    if not url.startswith(("http://", "https://")):
+        return f"{source} {shown}: is not a valid URL (it must start with http:// or https://); {fix}"
+    if any(ch.isspace() for ch in url):
+        return f"{source} {shown}: is not a valid URL (it contains whitespace); {fix}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # raises for a port out of range or not a number
+    except ValueError as exc:
+        return f"{source} {shown}: is not a valid URL ({exc}); {fix}"
+    if not parts.hostname:
+        return f"{source} {shown}: is not a valid URL (no host); {fix}"
+    return None

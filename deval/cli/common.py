@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 
 from deval import backends as registry
+from deval.cli import validate
+from deval.cli.validate import Number
 from deval.core.sampling import FILTER_ORDERS, Filters
 from deval.errors import ConfigError
 from deval.analyses.profile import ProfileConfig
@@ -19,6 +21,8 @@ from deval.core.tasks import MODES, TaskCatalog
 out = Console()
 err = Console(stderr=True)
 DEFAULT_TASKS = ["extreme", "flat"]
+MAX_RUNS, MAX_STEPS, MAX_SAMPLES = 100_000, 10_000, 1_000_000
+MAX_CTX = 1 << 20  # llama.cpp's models top out well below this; the local backend names the model's own limit
 
 # Options that `profile` and `sweep` share (typer reads these Annotated declarations).
 BackendOpt = Annotated[str, typer.Option(help="Backend name or preset (see 'deval backends').")]
@@ -26,35 +30,52 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     help="Model: a GGUF path (local), a model name (HTTP), d/e/... (mock).")]
 TaskOpt = Annotated[List[str], typer.Option("--task", help="Task name or .toml path; repeatable.")]
 TasksDirOpt = Annotated[List[Path], typer.Option("--tasks-dir", help="Extra directory of task TOML files.")]
-RunsOpt = Annotated[int, typer.Option(help="Runs per task (and temperature).")]
-StepsOpt = Annotated[Optional[int], typer.Option(help="Item positions per run (default: the task's).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for sampling and bootstrap intervals.")]
+RunsOpt = Annotated[int, typer.Option(help="Runs per task (and temperature).", parser=Number(int, 1, MAX_RUNS, example=10))]
+StepsOpt = Annotated[Optional[int], typer.Option(help="Item positions per run (default: the task's).",
+                                                parser=Number(int, 1, MAX_STEPS, example=30))]
+SeedOpt = Annotated[int, typer.Option(help="Seed for sampling and bootstrap intervals.",
+                                      parser=Number(int, 0, 2**63 - 1, example=0))]
 ModeOpt = Annotated[Optional[str], typer.Option(help="sequence | independent (default: the task's).")]
-TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Keep the k most likely tokens.")]
-TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Keep the smallest set reaching mass p.")]
-MinPOpt = Annotated[Optional[float], typer.Option("--min-p", help="Keep tokens with p >= min_p * max p.")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Keep the k most likely tokens.",
+                                                parser=Number(int, 1, 10**7, example=40))]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Keep the smallest set reaching mass p.",
+                                                  parser=Number(float, 0, 1, lo_open=True, example=0.9))]
+MinPOpt = Annotated[Optional[float], typer.Option("--min-p", help="Keep tokens with p >= min_p * max p.",
+                                                  parser=Number(float, 0, 1, example=0.05))]
 FilterOrderOpt = Annotated[str, typer.Option(help="filters-first (llama.cpp) | temperature-first (HF).")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/<time>-<model>).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/<time>-<model>).",
+                                                parser=validate.out_dir)]
 ResumeOpt = Annotated[Optional[Path], typer.Option(help="Finish an interrupted run in this directory.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary JSON on stdout.")]
-GpuLayersOpt = Annotated[Optional[int], typer.Option(help="local: layers to offload to the GPU (-1 all).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="local: CPU threads.")]
-CtxOpt = Annotated[Optional[int], typer.Option(help="local: context size in tokens.")]
+GpuLayersOpt = Annotated[Optional[int], typer.Option(help="local: layers to offload to the GPU (-1 all).",
+                                                    parser=Number(int, -1, 100_000, example=-1))]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="local: CPU threads.", parser=Number(int, 1, 1024, example=4))]
+CtxOpt = Annotated[Optional[int], typer.Option(help="local: context size in tokens.",
+                                               parser=Number(int, 64, MAX_CTX, example=4096))]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="local: plain text prompt, no chat template.")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option(
-    "--base-url", help="http: server URL, e.g. http://127.0.0.1:8000/v1 (again on --resume if it held secrets).")]
+    "--base-url", help="http: server URL, e.g. http://127.0.0.1:8000/v1 (again on --resume if it held secrets).",
+    callback=validate.base_url)]
 ApiKeyEnvOpt = Annotated[Optional[str], typer.Option(
-    "--api-key-env", help="http: environment variable with the API key.")]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="http: requests in flight at once (default 16).")]
+    "--api-key-env", help="http: environment variable with the API key.", callback=validate.api_key_env)]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="http: requests in flight at once (default 16).",
+                                                      parser=Number(int, 1, 1024, example=16))]
 RouteOpt = Annotated[Optional[str], typer.Option(help="http: chat | completions (default: the preset's).")]
-TopLogprobsOpt = Annotated[Optional[int], typer.Option("--top-logprobs", help="http: top-k logprobs to ask for.")]
-TimeoutOpt = Annotated[Optional[float], typer.Option(help="http: seconds per request attempt (default 120).")]
+TopLogprobsOpt = Annotated[Optional[int], typer.Option("--top-logprobs", help="http: top-k logprobs to ask for.",
+                                                      parser=Number(int, 1, 100_000, example=20))]
+TimeoutOpt = Annotated[Optional[float], typer.Option(help="http: seconds per request attempt (default 120).",
+                                                    parser=Number(float, 0, 86_400, lo_open=True, example=120))]
 RetryBudgetOpt = Annotated[Optional[float], typer.Option(
-    "--retry-budget", help="http: seconds of retrying per request.")]
-MaxTokensOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="http: generation limit per request.")]
+    "--retry-budget", help="http: seconds of retrying per request (default 300).",
+    parser=Number(float, 0, 86_400, example=300))]
+MaxTokensOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="http: generation limit per request.",
+                                                     parser=Number(int, 1, 10**7, example=256))]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="http: response cache (default ~/.cache/deval).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="http: do not read or write the response cache.")]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (> 0).",
+                                               parser=Number(float, 0, 100, lo_open=True, example=1.0))]
+SamplesOpt = Annotated[int, typer.Option(help="Samples to draw.", parser=Number(int, 1, MAX_SAMPLES, example=100))]
 NoProbeOpt = Annotated[bool, typer.Option("--no-probe", help="http: trust the preset instead of probing the endpoint.")]
 
 BACKEND_OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt", "base_url", "api_key_env", "concurrency", "route",
@@ -75,6 +96,7 @@ def check_range(name: str, value, lo=None, hi=None, lo_open=False) -> None:
 def backend_options(backend: str, **given) -> dict:
     """The backend-specific options the user set; an option the backend does not take is an error."""
     accepted = getattr(registry.backend_class(backend), "OPTIONS", ())
+    validate.env_base_url(backend, given.get("base_url"))
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None and v is not False}
     for key in chosen:
         if key not in accepted:
@@ -94,6 +116,13 @@ def interrupted(command: str, path: Path) -> typer.Exit:
     err.print(f"interrupted: every finished record is in {path}; finish with: deval {command} --resume {path}",
               highlight=False, soft_wrap=True)
     return typer.Exit(130)
+
+
+def damaged_summary(path: Path, command: str, exc: Exception) -> ConfigError:
+    """deval report on a summary.json that lacks a field or holds a wrong type."""
+    what = f"lacks '{exc.args[0]}'" if isinstance(exc, KeyError) and exc.args else f"is damaged ({exc})"
+    return ConfigError(f"{path / 'summary.json'} {what}; delete it and run deval {command} --resume {path} to "
+                       "rewrite it from the records")
 
 
 def filters_from(top_k, top_p, min_p, filter_order) -> Filters:
@@ -117,6 +146,8 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     filters = filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"])
     catalog = TaskCatalog.load(list(o["tasks_dir"]))
     tasks = tuple(catalog.get(ref) for ref in dict.fromkeys(o["task"]))
+    validate.distinct_tasks(tasks)
+    validate.check_total(o["runs"], o["steps"], [t.steps for t in tasks])
     chosen = backend_options(o["backend"], **{k: o[k] for k in BACKEND_OPTIONS})
     return ProfileConfig(backend=o["backend"], model=o["model"] or "", tasks=tasks, runs=o["runs"], steps=o["steps"],
                          temperature=temperature, seed=o["seed"], mode=o["mode"], filters=filters,
@@ -133,6 +164,7 @@ def with_given_again(config: ProfileConfig, base_url: str | None, api_key_env: s
 
 
 def default_dir(kind: str, model: str) -> Path:
+    """A new, empty run directory runs/<time>-<kind>-<model>[-N], claimed atomically (see runs.store)."""
     from deval.runs.store import default_run_dir
 
     return default_run_dir(kind, model)
@@ -158,3 +190,8 @@ def progress_bar(what: str, quiet: bool = False):
     with Progress(*columns, console=err, transient=True) as bars:
         bar = bars.add_task(what, total=None)
         yield lambda done, total: bars.update(bar, completed=done, total=total)
+
+
+def check_resume(stored_config: dict, path: Path) -> None:
+    """On --resume: refuse an option typed again with a value other than the run's (names the key)."""
+    validate.refuse_changed_on_resume(stored_config, path)

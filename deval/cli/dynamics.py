@@ -12,9 +12,9 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
-                              TopPOpt,
-                              backend_options, check_local, check_range, filters_from, interrupted, json_summary, out,
-                              profile_config, progress_bar, with_given_again)
+                              SamplesOpt, TemperatureOpt, TopPOpt,
+                              backend_options, check_local, check_range, check_resume, filters_from, interrupted,
+                              json_summary, out, profile_config, progress_bar, with_given_again)
 from deval.errors import ConfigError, RunInterrupted
 from deval.jsonio import dumps
 
@@ -58,6 +58,7 @@ def sweep(
 
     if resume is not None:
         config = load_sweep_config(resume)
+        check_resume(config.to_dict() | config.base.to_dict(), resume)
         config = replace(config, base=with_given_again(config.base, base_url, api_key_env))
     else:
         config = SweepConfig(base=profile_config(locals()), temperatures=parse_temperatures(temperatures))
@@ -88,14 +89,14 @@ def calibration(
     task: List[str] = typer.Option(["vowels"], "--task", help="Valid-set task name or .toml path; repeatable."),
     backend: str = typer.Option("local", help="A backend with exact next-token distributions (local)."),
     model: Optional[str] = typer.Option(None, help="GGUF path (default: the embedded SmolLM2)."),
-    samples: int = typer.Option(50, help="Sampled answers per rule (sequence level)."),
-    temperature: float = typer.Option(1.0, help="Temperature the rules and samples use (> 0)."),
+    samples: SamplesOpt = 50,
+    temperature: TemperatureOpt = 1.0,
     top_ks: str = typer.Option("1,5,20,50", "--top-ks", help="top-k settings to score, comma-separated."),
     top_ps: str = typer.Option("0.5,0.9,0.95", "--top-ps", help="top-p settings to score."),
     min_ps: str = typer.Option("0.05,0.1,0.2", "--min-ps", help="min-p settings to score."),
     filter_order: FilterOrderOpt = "filters-first",
-    seed: int = typer.Option(0, help="Seed for sampling."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<time>-calibration-…)."),
+    seed: SeedOpt = 0,
+    out_dir: OutOpt = None,
     resume: Optional[Path] = typer.Option(None, help="Finish an interrupted calibration run in this directory."),
     json_out: JsonOpt = False,
     gpu_layers: GpuLayersOpt = None,
@@ -107,7 +108,11 @@ def calibration(
     from deval.analyses.validity_runs import load_calibration_config
     from deval.report.dynamics import render_calibration
 
-    config = load_calibration_config(resume) if resume is not None else calibration_config(locals())
+    if resume is not None:
+        config = load_calibration_config(resume)
+        check_resume(config.to_dict(), resume)
+    else:
+        config = calibration_config(locals())
     try:
         with progress_bar("calibrating", quiet=json_out) as bar:
             result = execute_calibration(config, out=out_dir, resume=resume, progress=bar)
@@ -121,17 +126,17 @@ def calibration(
 
 def diversity(
     task: str = typer.Option("us-states", "--task", help="Valid-set task name or .toml path."),
-    samples: int = typer.Option(100, help="Samples to draw per model."),
+    samples: SamplesOpt = 100,
     backend: str = typer.Option("local", help="A backend with exact next-token distributions (local)."),
     model: Optional[str] = typer.Option(None, help="GGUF path (default: the embedded SmolLM2)."),
     compare: List[str] = typer.Option([], "--compare", help="Another model (GGUF path) on the same chart; repeatable."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
+    temperature: TemperatureOpt = 1.0,
     top_k: TopKOpt = None,
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     filter_order: FilterOrderOpt = "filters-first",
-    seed: int = typer.Option(0, help="Seed for sampling (the same for every model)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<time>-diversity-…)."),
+    seed: SeedOpt = 0,
+    out_dir: OutOpt = None,
     resume: Optional[Path] = typer.Option(None, help="Finish an interrupted diversity run in this directory."),
     json_out: JsonOpt = False,
     gpu_layers: GpuLayersOpt = None,
@@ -143,7 +148,11 @@ def diversity(
     from deval.analyses.validity_runs import load_diversity_config
     from deval.report.dynamics import render_diversity
 
-    config = load_diversity_config(resume) if resume is not None else diversity_config(locals())
+    if resume is not None:
+        config = load_diversity_config(resume)
+        check_resume(config.to_dict(), resume)
+    else:
+        config = diversity_config(locals())
     try:
         with progress_bar("sampling", quiet=json_out) as bar:
             result = execute_diversity(config, models=[model, *compare], out=out_dir, resume=resume, progress=bar)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from deval import backends as registry
@@ -15,14 +14,16 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
-                              TopPOpt,
-                              err, interrupted, json_summary, out, profile_config, progress_bar,
-                              with_given_again)
+                              TemperatureOpt, TopPOpt,
+                              check_resume, damaged_summary, err, interrupted, json_summary, out, profile_config,
+                              progress_bar, with_given_again)
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
-from deval.errors import DevalError, RunInterrupted
+from deval.cli.validate import run_app
+from deval.errors import RunInterrupted
 from deval.analyses.layers import SCHEMA as LAYERS_SCHEMA
 from deval.analyses.profile import execute, load_config
+from deval.analyses.result import command_for
 from deval.report.layers import render_layers
 from deval.report.profile import render_profile
 from deval.runs.store import RunDir, dumps
@@ -30,7 +31,8 @@ from deval.core.tasks import TaskCatalog, builtin_tasks_dir
 from deval.core.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Profile how a language model samples: P_token against P_task, D-model or E-model.")
+                  help="Profile how a language model samples: P_token against P_task, D-model or E-model. "
+                       "Errors are one line; --debug (anywhere) adds the traceback.")
 VALID_SET_PREVIEW = 6  # members shown per valid-set task in 'deval tasks'
 
 
@@ -56,7 +58,7 @@ def profile(
     tasks_dir: TasksDirOpt = [],
     runs: RunsOpt = 10,
     steps: StepsOpt = None,
-    temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
+    temperature: TemperatureOpt = 1.0,
     seed: SeedOpt = 0,
     mode: ModeOpt = None,
     top_k: TopKOpt = None,
@@ -85,6 +87,7 @@ def profile(
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
     if resume is not None:
         config = with_given_again(load_config(resume), base_url, api_key_env)
+        check_resume(RunDir(resume).manifest()["config"], resume)
     else:
         config = profile_config(locals(), temperature)
     try:
@@ -113,27 +116,30 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     if json_out:
         print(dumps(RunDir(result.path).summary()))
         return
-    if plots is not None or html_file is not None:
-        from deval.report.html import write
-        from deval.report.plots import save_figures
+    try:
+        if plots is not None or html_file is not None:
+            from deval.report.html import write
+            from deval.report.plots import save_figures
 
-        if plots is not None:
-            written = save_figures(result.figures(), plots)
-            out.print(f"wrote {len(written)} files (PNG and SVG) to {plots}", highlight=False, soft_wrap=True)
-        if html_file is not None:
-            from deval.report.html import run_page
+            if plots is not None:
+                written = save_figures(result.figures(), plots)
+                out.print(f"wrote {len(written)} files (PNG and SVG) to {plots}", highlight=False, soft_wrap=True)
+            if html_file is not None:
+                from deval.report.html import run_page
 
-            write(html_file, run_page(summary, result.context(), where=str(result.path)))
-            out.print(f"wrote {html_file} (self-contained: open it in any browser, offline)", highlight=False,
-                      soft_wrap=True)
-        return
-    if summary.get("schema") == LAYERS_SCHEMA:
-        render_layers(summary, console=out, where=str(result.path))
-        return
-    if render_run(summary, result.path, out):  # sweep, calibration or diversity run
-        return
-    context = result.context()
-    render_profile(summary, context["tasks"], context["steps"], console=out, where=str(result.path))
+                write(html_file, run_page(summary, result.context(), where=str(result.path)))
+                out.print(f"wrote {html_file} (self-contained: open it in any browser, offline)", highlight=False,
+                          soft_wrap=True)
+            return
+        if summary.get("schema") == LAYERS_SCHEMA:
+            render_layers(summary, console=out, where=str(result.path))
+            return
+        if render_run(summary, result.path, out):  # sweep, calibration or diversity run
+            return
+        context = result.context()
+        render_profile(summary, context["tasks"], context["steps"], console=out, where=str(result.path))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise damaged_summary(result.path, command_for(result.manifest), exc) from None
 
 
 @app.command("tasks")
@@ -187,14 +193,7 @@ app.command("layers")(layers_command)
 
 
 def main() -> None:
-    try:
-        app()
-    except DevalError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    sys.exit(run_app(app, console=err))
 
 
 if __name__ == "__main__":

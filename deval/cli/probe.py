@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from deval import backends as registry
+from deval.cli.common import ApiKeyEnvOpt, BaseUrlOpt, RetryBudgetOpt, TimeoutOpt, TopLogprobsOpt
+from deval.cli.validate import env_base_url
 from deval.errors import ConfigError
 from deval.runs.store import dumps
 
@@ -17,17 +19,18 @@ from deval.runs.store import dumps
 def probe_command(
     backend: str = typer.Option("openai", help="openai or a server preset (see 'deval backends')."),
     model: Optional[str] = typer.Option(None, help="The server's model name."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL, e.g. http://127.0.0.1:8000/v1."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable with the API key."),
-    top_logprobs: Optional[int] = typer.Option(None, "--top-logprobs", help="Largest top-k to try."),
-    timeout: Optional[float] = typer.Option(None, help="Seconds per request attempt."),
-    retry_budget: Optional[float] = typer.Option(None, "--retry-budget", help="Seconds of retrying per request."),
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    top_logprobs: TopLogprobsOpt = None,
+    timeout: TimeoutOpt = None,
+    retry_budget: RetryBudgetOpt = None,
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where the answer is cached."),
     json_out: bool = typer.Option(False, "--json", help="Print only JSON."),
 ) -> None:
     """Probe an endpoint: logprobs per route, largest top-k, ids/bytes, raw or processed, n."""
     if getattr(registry.backend_class(backend), "name", "") != "openai":
         raise ConfigError(f"probe applies to the openai backend and its presets, not to {backend}")
+    env_base_url(backend, base_url)
     options = {k: v for k, v in dict(base_url=base_url, api_key_env=api_key_env, top_logprobs=top_logprobs,
                                      timeout=timeout, retry_budget=retry_budget,
                                      cache_dir=str(cache_dir) if cache_dir else None).items() if v is not None}

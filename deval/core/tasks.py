@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def task_from_dict(data: dict, source: str) -> Task:
         raise fail("weights", f"must be a list of {len(items)} numbers, one per item")
     if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
         raise fail("weights", "every weight must be a number")
+    bad = next((w for w in weights if not math.isfinite(w)), None)
+    if bad is not None:
+        raise fail("weights", f"every weight must be a finite number (got {bad}); give numbers that sum to 1")
     if any(w < 0 for w in weights):
         raise fail("weights", "weights must be >= 0")
     total = float(sum(weights))
@@ -90,6 +94,10 @@ def task_from_dict(data: dict, source: str) -> Task:
     separator = data.get("separator", ",")
     if not isinstance(separator, str) or not separator.strip():
         raise fail("separator", "must be a non-blank string such as ','")
+    clash = next((x for x in items if separator.strip() in x), None)
+    if clash is not None:
+        raise fail("items", f"item {clash!r} contains the separator {separator!r}, so its runs cannot be split; "
+                            "remove it from the item or set another 'separator'")
     prompt = _check_template(data["prompt"], "prompt", fail)
     single = data.get("single_prompt",
                       "Pick one item from {items} at random with these probabilities: {distribution}. "
@@ -128,6 +136,9 @@ class TaskCatalog:
                 raise ConfigError(f"tasks directory {directory} not found; pass an existing directory to --tasks-dir")
             for path in sorted(directory.glob("*.toml")):
                 task = load_task_file(path)
+                if task.name in catalog.tasks:
+                    raise ConfigError(f"two tasks are named '{task.name}': {catalog.tasks[task.name].source} and "
+                                      f"{path}; rename one (field 'name')")
                 catalog.tasks[task.name] = task
         return catalog
 

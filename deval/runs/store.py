@@ -9,30 +9,97 @@ import time
 from pathlib import Path
 
 from deval.core.protocol import Step
-from deval.errors import ConfigError
+from deval.errors import ConfigError, RunStopped
 from deval.jsonio import clean, dump_json, dumps, read_json  # noqa: F401  (run files are JSON)
 
 MANIFEST, STEPS, SUMMARY = "manifest.json", "steps.jsonl", "summary.json"
 
 
+def claim_new_dir(path: Path, tries: int = 1000) -> Path:
+    """Create a directory that did not exist (os.mkdir is atomic): `path`, else `path-2`, `path-3`, ..."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, tries + 1):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot create run directory {candidate} ({exc.strerror}); choose another --out") \
+                from None
+    raise ConfigError(f"{path} and {tries - 1} numbered variants exist already; choose another --out")
 def default_run_dir(kind: str, model: str) -> Path:
-    """runs/<time>-<kind>-<model name>: where a run goes when no --out (or out=) is given."""
+    """runs/<time>-<kind>-<model name>[-N]: where a run goes when no --out (or out=) is given, claimed atomically,
+    so two runs started in the same second get different directories."""
     name = Path(model).stem if model else "model"
     prefix = f"{kind}-" if kind else ""
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}{name}"
+    return claim_new_dir(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}{name}")
+
+
+def stopped(command: str, path: Path, exc: Exception) -> RunStopped:
+    """A run that failed part-way: the cause, how far it got (records kept) and the command that finishes it."""
+    kept = sum(len(RecordLog(p).read(repair=False)) for p in sorted(Path(path).rglob("*.jsonl")))
+    error = RunStopped(f"{exc}; stopped with {kept} record{'s' * (kept != 1)} kept in {path}; fix the cause, then "
+                       f"finish with: deval {command} --resume {path}")
+    error.exit_code = 2 if isinstance(exc, ConfigError) else 1  # bad input found mid-run stays a usage error
+    return error
 
 
 def create_run_dir(path: Path, manifest: dict) -> Path:
-    """A new run directory holding only its manifest; refuses one that already holds a run."""
+    """A new run directory holding only its manifest; refuses one that already holds a run or other files.
+
+    The manifest is linked into place (os.link fails if it exists), so two runs given the same --out at the
+    same moment cannot both take the directory."""
     path = Path(path)
     if (path / MANIFEST).exists():
         raise ConfigError(f"{path} already holds a run; pass --resume {path} to finish it, or choose a new --out")
+    if path.resolve() == Path.cwd().resolve() or (path.is_dir() and any(path.iterdir())):
+        raise ConfigError(f"{path} is not empty and holds no run; choose a new directory for --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create run directory {path} ({exc.strerror}); choose another --out") from None
-    dump_json(path / MANIFEST, manifest)
+    tmp = path / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(dumps(manifest) + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, path / MANIFEST)
+    except FileExistsError:
+        raise ConfigError(f"{path} was just taken by another run; choose a new --out") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def require(data, path: Path, keys: tuple[str, ...], what: str) -> dict:
+    """A run file's JSON object with these keys, else a one-line error naming the file and the first gap."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a {what} (a JSON {type(data).__name__}, not an object); the run "
+                          f"directory is damaged: start a new run")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ConfigError(f"{path} lacks '{missing[0]}'" + (" (it is empty)" if not data else "") +
+                          f"; it is not a complete {what}: restore it, or start a new run")
+    return data
+
+
+def read_manifest(directory: Path) -> dict:
+    """A run directory's manifest, checked to be an object with a schema and a config."""
+    path = Path(directory) / MANIFEST
+    data = require(read_json(path), path, ("schema", "config"), "deval run manifest")
+    require(data["config"], path, (), "run config (field 'config')")
+    return data
+
+
+def parse_config(directory: Path, from_dict, config: dict):
+    """from_dict(config), with a damaged or foreign config reported in one line naming the manifest."""
+    try:
+        return from_dict(config)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"lacks '{exc.args[0]}'" if isinstance(exc, KeyError) else f"has a bad value ({exc})"
+        raise ConfigError(f"{Path(directory) / MANIFEST}: the run config {what}; restore the file, or start a "
+                          "new run") from None
 
 
 class RunDir:
@@ -58,10 +125,15 @@ class RunDir:
         return run_dir
 
     def manifest(self) -> dict:
-        return read_json(self.path / MANIFEST)
+        return read_manifest(self.path)
 
     def summary(self) -> dict:
-        return read_json(self.path / SUMMARY)
+        """The summary; when it is damaged, delete it and --resume to rewrite it from the records."""
+        path = self.path / SUMMARY
+        data = read_json(path)
+        if not isinstance(data, dict) or "schema" not in data:
+            require(data, path, ("schema",), "deval run summary")
+        return data
 
     def has_summary(self) -> bool:
         return (self.path / SUMMARY).exists()
