@@ -427,9 +427,9 @@ def test_errors_as_a_subprocess_are_one_line_too(tmp_path):
 def test_same_second_runs_get_their_own_directories(tmp_path, monkeypatch, capsys):
     """Three profiles started at once, default --out: three directories, each with its own complete run."""
     monkeypatch.chdir(tmp_path)
-    import deval.cli.common as common
+    import deval.runs.store as store
 
-    monkeypatch.setattr(common.time, "strftime", lambda fmt: "20260101-000000")  # the same second for all
+    monkeypatch.setattr(store.time, "strftime", lambda fmt: "20260101-000000")  # the same second for all
     codes = []
     threads = [threading.Thread(target=lambda: codes.append(run_app(app, ["profile", *MOCK, "--task", "coin",
                                                                           "--runs", "1", "--steps", "2", "--json"])))

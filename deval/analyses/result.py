@@ -7,7 +7,7 @@ from pathlib import Path
 
 from deval.errors import ConfigError
 from deval.jsonio import clean
-from deval.runs.store import MANIFEST, SUMMARY, RecordLog, RunDir, read_json
+from deval.runs.store import MANIFEST, RecordLog, RunDir, read_json
 
 KINDS = {"deval.profile": "profile", "deval.sweep": "sweep", "deval.calibration": "calibration",
          "deval.diversity": "diversity", "deval.layers": "layers"}
@@ -129,7 +129,8 @@ def load(path: str | Path) -> Result:
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"run directory {path} not found; pass the --out directory of an earlier run")
-    if not (path / SUMMARY).exists():
-        raise ConfigError(f"{path} has not finished; finish it with deval {command_for(read_json(path / MANIFEST))} "
+    run_dir = RunDir.open(path)  # a damaged manifest is one line naming the file
+    if not run_dir.has_summary():
+        raise ConfigError(f"{path} has not finished; finish it with deval {command_for(run_dir.manifest())} "
                           f"--resume {path}")
-    return Result(read_json(path / SUMMARY), path)
+    return Result(run_dir.summary(), path)
