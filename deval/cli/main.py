@@ -9,7 +9,8 @@ from typing import List
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 from rich.table import Table
 
 from deval import backends as registry
@@ -97,11 +98,24 @@ def profile(
                        where=str(run_dir.path))
 
 
+class RetriesColumn(ProgressColumn):
+    """HTTP retries so far, read live from the backend (blank while there are none)."""
+
+    def __init__(self, engine):
+        super().__init__()
+        self.engine = engine
+
+    def render(self, task) -> Text:
+        n = getattr(self.engine, "retries", 0)
+        return Text(f"{n} retr{'y' if n == 1 else 'ies'}" if n else "", style="yellow")
+
+
 def _run_with_progress(config: ProfileConfig, engine, run_dir: RunDir, quiet: bool) -> dict:
     total = sum((config.steps or t.steps) * config.runs for t in config.tasks)
     if quiet or not err.is_terminal:
         return run_profile(config, engine, run_dir)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               RetriesColumn(engine)]
     with Progress(*columns, console=err, transient=True) as progress:
         done = len(run_dir.completed_steps())  # a resumed run starts part-way
         bar = progress.add_task(f"measuring {Path(engine.model).name}", total=total, completed=min(done, total))
