@@ -22,12 +22,13 @@ import numpy as np
 
 from deval.core.protocol import RunSpec, Step
 from deval.backends.cache import ResponseCache, request_key
+from deval.backends.choices import FewerChoices, n_from
 from deval.backends.http import Limiter, Refused, RetryPolicy, Transient, Transport
 from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_response
 from deval.backends.positions import Position, find_positions, first_answer_position, item_view
 from deval.backends.presets import ROUTES, get_preset
 from deval.backends.probe import NEUTRAL_EXTENSIONS, Capabilities, ProbeCache, path_for, probe, server_identity
-from deval.backends.sampler_check import FilterEvidence, run_evidence, server_filter_flags
+from deval.backends.sampler_check import FilterEvidence, run_flags
 from deval.backends.settings import Settings
 from deval.backends.urls import redact
 from deval.errors import BackendError, ConfigError
@@ -36,26 +37,8 @@ SEED_MODULUS = 2**31  # servers take 32-bit (llama.cpp) or int64 (OpenAI) seeds:
 TOKENS_PER_ITEM_SLACK = 3  # separator, space and one spare token per item
 PREAMBLE_TOKENS = 48
 RUN_TOP_DEFAULT = 100  # top-k asked per generated token where the probe found more (responses grow with it)
-N_SEED_STRIDE = 7_919
-NO_HIDDEN_FILTERS = ("api.openai.com",)  # hosts known to sample without top-k/min-p: no neutral values needed
-UNNEUTRAL = "server-sampler-unknown"  # the server was not told neutral top_k/min_p: its defaults may filter draws  # seed offset between the requests one split `n` becomes
-
-
-class FewerChoices(Exception):
-    """A 200 with fewer choices than n asked: the server caps or ignores n."""
-
-    def __init__(self, count: int):
-        super().__init__(f"{count} choices")
-        self.count = count
-
-
-def _n_from(message: str, refused: int) -> int:
-    """The n a refusal allows: a number next to 'slot' in the message, else half the refused n."""
-    if "slot" in message.lower():
-        numbers = [int(x) for x in re.findall(r"\d+", message) if 0 < int(x) < refused]
-        if numbers:
-            return max(numbers)
-    return max(1, refused // 2)
+STEP_TOP = 1000  # top-k per step-by-step request (T=1 needs only the trie's tokens; more where it is the vocabulary)
+N_SEED_STRIDE = 7_919  # seed offset between the requests one split `n` becomes
 
 
 def _run_sync(coro):
@@ -71,9 +54,9 @@ class OpenAIBackend:
     exact = False
 
     OPTIONS = ("base_url", "api_key_env", "route", "top_logprobs", "concurrency", "timeout", "retry_budget",
-               "cache_dir", "no_cache", "no_probe", "max_tokens")
+               "cache_dir", "no_cache", "no_probe", "max_tokens", "tokenizer")
 
-    def __init__(self, model: str | None = None, preset: str = "openai", **options):
+    def __init__(self, model: str | None = None, preset: str = "openai", tokenizer: str | None = None, **options):
         unknown = sorted(set(options) - set(self.OPTIONS) - {"retry_base"})
         if unknown:
             raise ConfigError(f"the openai backend does not take --{unknown[0].replace('_', '-')}")
@@ -96,6 +79,8 @@ class OpenAIBackend:
         self.lowest_concurrency = self.settings.concurrency
         self.n_limit: int | None = None  # the largest n the server accepted after refusing a larger one
         self.evidence = FilterEvidence()  # draws the server's default filters would have excluded
+        self.tokenizer = tokenizer  # a GGUF with the server model's tokenizer: runs are driven step by step
+        self._stepper = None
 
     # -- capabilities -------------------------------------------------------------------------------------
 
@@ -176,6 +161,9 @@ class OpenAIBackend:
     def describe(self) -> dict:
         route, top = self._route()
         caps = self.capabilities()
+        stepping = self.stepper()
+        if stepping is not None:
+            route, top = "completions, step by step", stepping.top
         return {"name": self.name, "preset": self.preset.name, "model": self.model, "exact": False,
                 "base_url": redact(self.settings.base_url), "route": route, "top_logprobs": top,
                 "logprobs": caps.logprobs, "n": caps.n, "api_key_env": self.settings.api_key_env,
@@ -234,16 +222,7 @@ class OpenAIBackend:
 
     def _filter_flags(self, spec: RunSpec, choices: list[Choice]) -> tuple[str, ...]:
         """server-filtered where the run's draws show filters deval did not ask for (sampler_check)."""
-        caps = self.capabilities()
-        host = urllib.parse.urlsplit(self.settings.base_url).hostname or ""
-        unknown = () if {"top_k", "min_p"} <= set(caps.sampling) or host in NO_HIDDEN_FILTERS else (UNNEUTRAL,)
-        if spec.temperature != 1.0 or spec.filters.active or caps.logprobs == "processed":
-            return unknown
-        evidence = run_evidence(choices)
-        flags = unknown + server_filter_flags(evidence)
-        self.evidence.add(evidence)
-        self.evidence.flagged_runs += bool(flags)
-        return flags
+        return run_flags(spec, self.capabilities(), self.settings.base_url, choices, self.evidence)
 
     def _steps(self, spec: RunSpec, choice_positions: list[tuple[Choice, Position | None]], walk_flags=()) -> list[Step]:
         caps = self.capabilities()
@@ -271,8 +250,26 @@ class OpenAIBackend:
             steps[-1] = Step(**{**last.__dict__, "final": True, "flags": tuple(dict.fromkeys(last.flags + short))})
         return steps
 
+    def stepper(self):
+        """The step-by-step driver where --tokenizer is given and the server continues raw prompts, else None."""
+        caps = self.capabilities()
+        if self.tokenizer is None or self._stepper is not None:
+            return self._stepper
+        if not caps.top_logprobs.get("completions"):
+            raise BackendError(f"--tokenizer drives runs step by step on the completions route, which gave no "
+                               f"logprobs at {redact(self.settings.base_url)}; drop --tokenizer")
+        from deval.backends.stepper import Stepper, Vocab
+
+        cap = caps.top_logprobs["completions"]
+        top = cap if caps.full.get("completions") else min(cap, STEP_TOP)
+        self._stepper = Stepper(self, Vocab(self.tokenizer), min(top, self.settings.top_logprobs)
+                                if self.settings.top_given else top)
+        return self._stepper
+
     async def _run(self, transport: Transport, spec: RunSpec, route: str, top: int) -> list[Step]:
         task = spec.task
+        if self._stepper is not None:
+            return await self._stepper.run(transport, spec)
         if spec.mode == "sequence":
             choice = (await self._fetch(transport, route, self._body(spec, route, top, spec.seed), 1))[0]
             positions, flags = find_positions(choice, task.items, task.separator, spec.steps)
@@ -306,7 +303,7 @@ class OpenAIBackend:
             except Refused as exc:
                 if n <= 1 or exc.status not in (400, 413, 422, 500):
                     raise
-                self.n_limit = min(self.n_limit or n, _n_from(exc.server_message, n))
+                self.n_limit = min(self.n_limit or n, n_from(exc.server_message, n))
                 continue
             choices += got[:n]
             chunk += 1
@@ -345,6 +342,7 @@ class OpenAIBackend:
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
         self._route()  # probe (and fail clearly) before any thread starts
+        self.stepper()
         out: queue.Queue = queue.Queue()
         handle: dict = {}
         done = object()
@@ -380,3 +378,5 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self.cache.close()
+        if self._stepper is not None:
+            self._stepper.vocab.close()

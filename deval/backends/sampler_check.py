@@ -11,6 +11,7 @@ distribution while P_token is computed untruncated. Ours: the test and its thres
 from __future__ import annotations
 
 import math
+import urllib.parse
 from dataclasses import dataclass, field
 
 from deval.backends.logprobs import Choice, Token
@@ -20,6 +21,8 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_MIN_P = 0.05
 ALPHA = 0.01  # flag when unfiltered sampling would have left the default set at least once with prob >= 1 - ALPHA
 FLAG = "server-filtered"
+NO_HIDDEN_FILTERS = ("api.openai.com",)  # hosts known to sample without top-k/min-p: no neutral values needed
+UNNEUTRAL = "server-sampler-unknown"  # the server was not told neutral top_k/min_p: its defaults may filter draws
 
 
 def excluded_share(token: Token) -> tuple[float, bool] | None:
@@ -89,3 +92,17 @@ def run_evidence(choices: list[Choice]) -> FilterEvidence:
 def server_filter_flags(ev: FilterEvidence) -> tuple[str, ...]:
     """FLAG when no draw left the default set although unfiltered sampling would have (prob >= 1 - ALPHA)."""
     return (FLAG,) if ev.draws and ev.observed == 0 and ev.log_p_none < math.log(ALPHA) else ()
+
+
+def run_flags(spec, caps, base_url: str, choices: list[Choice], evidence: FilterEvidence) -> tuple[str, ...]:
+    """A run's flags about the server's sampler: UNNEUTRAL where it was not told neutral top_k/min_p (and is not
+    known to sample without them), FLAG where its draws show filters; the evidence is added to `evidence`."""
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    unknown = () if {"top_k", "min_p"} <= set(caps.sampling) or host in NO_HIDDEN_FILTERS else (UNNEUTRAL,)
+    if spec.temperature != 1.0 or spec.filters.active or caps.logprobs == "processed":
+        return unknown
+    ev = run_evidence(choices)
+    flags = server_filter_flags(ev)
+    evidence.add(ev)
+    evidence.flagged_runs += bool(flags)
+    return unknown + flags
