@@ -44,9 +44,13 @@ class Vocab:
         self._formatter = LocalBackend._chat_formatter(self)
         self.by_text: dict[str, int] = {}
         self.by_bytes: dict[bytes, int] = {}
+        shared: dict[str, list[int]] = {}
         for i, piece in enumerate(self._pieces):
             self.by_bytes.setdefault(piece, i)
-            self.by_text.setdefault(piece.decode("utf-8", "replace"), i)
+            shared.setdefault(piece.decode("utf-8", "replace"), []).append(i)
+        for text, ids in shared.items():  # a text several tokens spell (" " and the byte token <0x20>): the one
+            canonical = self.tokenize(text) if len(ids) > 1 else ids  # the tokenizer writes for it, as servers do
+            self.by_text[text] = canonical[0] if len(canonical) == 1 and canonical[0] in ids else ids[0]
         self._item_trie = LocalBackend.item_trie
 
     def tokenize(self, text: str, special: bool = False) -> list[int]:
@@ -94,13 +98,35 @@ class Stepper:
         self.vocab = vocab
         self.top = top
 
-    async def _dist(self, transport: "Transport", text: str) -> tuple[dict[int, float], float]:
-        body = {"model": self.backend.model, "prompt": text, "max_tokens": 1, "logprobs": self.top,
+    async def _ask(self, transport: "Transport", text: str, top: int):
+        # min_tokens 1: an end-of-text draw would come back with no token and so no logprobs (llama-cpp-python);
+        # it blocks the draw only, the logprobs stay the model's (checked against in-process values)
+        body = {"model": self.backend.model, "prompt": text, "max_tokens": 1, "min_tokens": 1, "logprobs": top,
                 "temperature": 1.0, "seed": STEP_SEED} | dict(self.backend.capabilities().sampling)
         choice = (await self.backend._fetch(transport, "completions", body, 1))[0]
-        if not choice.tokens:
+        return choice.tokens[0] if choice.tokens else None
+
+    async def _dist(self, transport: "Transport", text: str, wanted=()) -> tuple[dict[int, float], float]:
+        """The visible T=1 row at a prefix. Text-keyed top-k (llama-cpp-python) keep, for a text several tokens
+        spell, the value of the *last* (least likely) of them at the position of the first: where a wanted
+        token's value is out of order it was overwritten, and is asked again with a top-k that ends at it."""
+        token = await self._ask(transport, text, self.top)
+        if token is None:
             return {}, 0.0
-        return visible_row(choice.tokens[0], self.vocab)
+        seen, mass = visible_row(token, self.vocab)
+        keys = [a.key for a in token.top]
+        for tok in wanted:
+            key = "t:" + self.vocab.text([tok])
+            if key not in keys or self.vocab.by_text.get(key[2:]) != tok:
+                continue
+            i = keys.index(key)
+            if i + 1 < len(keys) and token.top[i + 1].logprob > token.top[i].logprob + 1e-9:
+                again = await self._ask(transport, text, i + 1)
+                value = next((a.logprob for a in (again.top if again else ()) if a.key == key), None)
+                if value is not None and math.isfinite(value):
+                    mass += math.exp(value) - math.exp(seen.get(tok, -math.inf))
+                    seen[tok] = value
+        return seen, mass
 
     def _sampling(self, seen: dict[int, float], mass: float, spec: RunSpec) -> dict[int, float]:
         """The sampling log-probabilities of the visible tokens (exact at T=1 without filters, else from the row)."""
@@ -129,7 +155,7 @@ class Stepper:
             for node in [()] + sorted(trie.interior(), key=len):
                 if node and (node[:-1] not in rows or node[-1] not in rows[node[:-1]]):
                     continue  # its parent token is not visible: its mass counts as unseen
-                seen, mass = await self._dist(transport, context + vocab.text(node))
+                seen, mass = await self._dist(transport, context + vocab.text(node), trie.children.get(node, ()))
                 masses[node] = mass
                 rows[node] = self._sampling(seen, mass, spec)
             kids_seen = all(k in rows.get(n, {}) for n in rows for k in trie.children.get(n, ()))
