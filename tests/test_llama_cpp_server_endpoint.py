@@ -149,3 +149,25 @@ def test_the_llama_cpp_python_preset_default_command_completes(server, tmp_path)
     assert set(summary["tasks"]) == {"extreme", "flat"}
     sessions = json.loads((tmp_path / "run" / "transport.json").read_text())["sessions"]
     assert sessions[0]["requests"] == 20 and sessions[0]["concurrency"] == 2
+
+
+def test_step_by_step_runs_walk_the_in_process_trajectory(server, tmp_path):
+    from deval.backends.local import LocalBackend, embedded_model_path
+
+    specs = runs(task="extreme", n=1, steps=3)
+    b = engine(server, tmp_path, preset="llama-cpp-python", tokenizer=str(embedded_model_path()), top_logprobs=1000)
+    assert b.describe()["route"] == "completions, step by step"
+    http = sorted(b.measure(specs), key=lambda s: s.step)
+    b.close()
+    local = LocalBackend(threads=1)
+    try:
+        exact = list(local.measure(specs))
+    finally:
+        local.close()
+    assert len(http) == 3 and http[-1].final
+    for h, x in zip(http, exact):  # the same prefix gives the same distribution and, with the seed, the same draw
+        if "retokenized" in h.flags:
+            break  # the server was sent text that tokenizes differently: numbers follow its tokens from here
+        assert max(abs(p - q) for p, q in zip(h.probs, x.probs)) <= 0.01 and h.tail == 0.0
+        assert h.sampled == x.sampled
+    assert b.requests >= 3 and not (set(http[0].flags) & {"missing-items", "tail-unknown"})

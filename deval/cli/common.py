@@ -56,9 +56,13 @@ CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="http: response cache (default ~/.cache/deval).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="http: do not read or write the response cache.")]
 NoProbeOpt = Annotated[bool, typer.Option("--no-probe", help="http: trust the preset instead of probing the endpoint.")]
+TokenizerOpt = Annotated[Optional[str], typer.Option(
+    "--tokenizer", help="http: the server model's GGUF (read vocab-only): drive runs step by step on the "
+                        "completions route, deval drawing each item with the run's seed.")]
 
 BACKEND_OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt", "base_url", "api_key_env", "concurrency", "route",
-                   "top_logprobs", "timeout", "retry_budget", "max_tokens", "cache_dir", "no_cache", "no_probe")
+                   "top_logprobs", "timeout", "retry_budget", "max_tokens", "cache_dir", "no_cache", "no_probe",
+                   "tokenizer")
 
 
 def check_range(name: str, value, lo=None, hi=None, lo_open=False) -> None:
@@ -117,7 +121,7 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     filters = filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"])
     catalog = TaskCatalog.load(list(o["tasks_dir"]))
     tasks = tuple(catalog.get(ref) for ref in dict.fromkeys(o["task"]))
-    chosen = backend_options(o["backend"], **{k: o[k] for k in BACKEND_OPTIONS})
+    chosen = backend_options(o["backend"], **{k: o.get(k) for k in BACKEND_OPTIONS})
     return ProfileConfig(backend=o["backend"], model=o["model"] or "", tasks=tasks, runs=o["runs"], steps=o["steps"],
                          temperature=temperature, seed=o["seed"], mode=o["mode"], filters=filters,
                          backend_options=tuple(sorted(chosen.items())))

@@ -16,7 +16,7 @@ from rich.table import Table
 from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
-                              NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
+                              NoCacheOpt, NoProbeOpt, OutOpt, TokenizerOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
                               default_dir, err, interrupted, out, profile_config, with_given_again)
@@ -67,6 +67,7 @@ def profile(
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     no_probe: NoProbeOpt = False,
+    tokenizer: TokenizerOpt = None,
 ) -> None:
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
     if resume is not None:
