@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from deval.backends.http import Refused
 from deval.backends.logprobs import Token
+from deval.errors import BackendError
 from deval.core.protocol import RunSpec, Step
 from deval.core.sampling import sampling_logprobs
 from deval.core.trie import chain_rule, item_logprobs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deval.backends.http import Transport
+    from deval.backends.http import Transport  # noqa: F811
 
 FULL_MASS = 0.999  # a visible top-k holding this much is taken as the whole distribution
 STEP_SEED = 0  # the distribution at a prefix does not depend on the seed: one cache key per prefix
@@ -97,20 +99,31 @@ class Stepper:
         self.backend = backend
         self.vocab = vocab
         self.top = top
+        self.token_prompts: bool | None = None  # the server takes a prompt of token ids (llama-server); None: untried
 
-    async def _ask(self, transport: "Transport", text: str, top: int):
+    async def _ask(self, transport: "Transport", text: str, top: int, tokens: list[int] | None = None):
         # min_tokens 1: an end-of-text draw would come back with no token and so no logprobs (llama-cpp-python);
         # it blocks the draw only, the logprobs stay the model's (checked against in-process values)
         body = {"model": self.backend.model, "prompt": text, "max_tokens": 1, "min_tokens": 1, "logprobs": top,
                 "temperature": 1.0, "seed": STEP_SEED} | dict(self.backend.capabilities().sampling)
+        if tokens is not None and self.token_prompts is not False:  # token ids: exactly the path deval walked
+            try:
+                choice = (await self.backend._fetch(transport, "completions", body | {"prompt": tokens}, 1))[0]
+                self.token_prompts = True
+                return choice.tokens[0] if choice.tokens else None
+            except (Refused, BackendError):
+                if self.token_prompts:
+                    raise
+                self.token_prompts = False  # text only (llama-cpp-python): tokenization is the server's
         choice = (await self.backend._fetch(transport, "completions", body, 1))[0]
         return choice.tokens[0] if choice.tokens else None
 
-    async def _dist(self, transport: "Transport", text: str, wanted=()) -> tuple[dict[int, float], float]:
+    async def _dist(self, transport: "Transport", text: str, wanted=(),
+                    tokens: list[int] | None = None) -> tuple[dict[int, float], float]:
         """The visible T=1 row at a prefix. Text-keyed top-k (llama-cpp-python) keep, for a text several tokens
         spell, the value of the *last* (least likely) of them at the position of the first: where a wanted
         token's value is out of order it was overwritten, and is asked again with a top-k that ends at it."""
-        token = await self._ask(transport, text, self.top)
+        token = await self._ask(transport, text, self.top, tokens)
         if token is None:
             return {}, 0.0
         seen, mass = visible_row(token, self.vocab)
@@ -121,7 +134,7 @@ class Stepper:
                 continue
             i = keys.index(key)
             if i + 1 < len(keys) and token.top[i + 1].logprob > token.top[i].logprob + 1e-9:
-                again = await self._ask(transport, text, i + 1)
+                again = await self._ask(transport, text, i + 1, tokens)
                 value = next((a.logprob for a in (again.top if again else ()) if a.key == key), None)
                 if value is not None and math.isfinite(value):
                     mass += math.exp(value) - math.exp(seen.get(tok, -math.inf))
@@ -149,13 +162,14 @@ class Stepper:
         steps = []
         for t in range(spec.steps):
             flags: list[str] = []
-            if vocab.tokenize(context, special=True) != tokens:
+            if self.token_prompts is not True and vocab.tokenize(context, special=True) != tokens:
                 flags.append("retokenized")
             rows, masses = {}, {}
             for node in [()] + sorted(trie.interior(), key=len):
                 if node and (node[:-1] not in rows or node[-1] not in rows[node[:-1]]):
                     continue  # its parent token is not visible: its mass counts as unseen
-                seen, mass = await self._dist(transport, context + vocab.text(node), trie.children.get(node, ()))
+                seen, mass = await self._dist(transport, context + vocab.text(node), trie.children.get(node, ()),
+                                              tokens + list(node))
                 masses[node] = mass
                 rows[node] = self._sampling(seen, mass, spec)
             kids_seen = all(k in rows.get(n, {}) for n in rows for k in trie.children.get(n, ()))
