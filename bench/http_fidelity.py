@@ -80,8 +80,8 @@ def main() -> None:
         http = {"base_url": url, "cache_dir": cache, "tokenizer": str(gguf)}
         results["http step by step"] = profile("step", "llama-cpp-python", "smollm2", http, args, tasks)
         if args.free:
-            results["http free-running"] = profile("free", "openai", "smollm2",
-                                                   {"base_url": url, "cache_dir": cache, "api_key_env": ""}, args, tasks)
+            free = {"base_url": url, "cache_dir": cache, "api_key_env": ""}
+            results["http free-running"] = profile("free", "openai", "smollm2", free, args, tasks)
     finally:
         if proc is not None:
             proc.terminate()

@@ -182,8 +182,8 @@ def test_a_validation_error_sent_as_500_is_not_retried(tmp_path):
 
     def llama_cpp_python(request):
         if json.loads(request.content).get("top_k") == -1:
-            return httpx.Response(500, json={"error": {"message": "1 validation error: top_k Input should be greater "
-                                                                  "than or equal to 0", "type": "internal_server_error"}})
+            message = "1 validation error: top_k Input should be greater than or equal to 0"
+            return httpx.Response(500, json={"error": {"message": message, "type": "internal_server_error"}})
         return ok(request)
 
     chat = respx.post(f"{URL}/chat/completions").mock(side_effect=llama_cpp_python)

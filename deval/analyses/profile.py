@@ -119,7 +119,8 @@ def _record_transport(run_dir: RunDir, before: dict | None, after: dict | None) 
     session = dict(after)
     for key in COUNTED:
         session[key] = after.get(key, 0) - (before or {}).get(key, 0)
-    reasons = {k: v - (before or {}).get("retry_reasons", {}).get(k, 0) for k, v in after.get("retry_reasons", {}).items()}
+    earlier = (before or {}).get("retry_reasons", {})
+    reasons = {k: v - earlier.get(k, 0) for k, v in after.get("retry_reasons", {}).items()}
     session["retry_reasons"] = {k: v for k, v in reasons.items() if v}
     path = run_dir.path / TRANSPORT
     old = read_json(path) if path.exists() else {"sessions": []}

@@ -45,7 +45,8 @@ BaseUrlOpt = Annotated[Optional[str], typer.Option(
     "--base-url", help="http: server URL, e.g. http://127.0.0.1:8000/v1 (again on --resume if it held secrets).")]
 ApiKeyEnvOpt = Annotated[Optional[str], typer.Option(
     "--api-key-env", help="http: environment variable with the API key.")]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="http: most requests in flight (default: the preset's; backs off on timeouts).")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option(
+    help="http: most requests in flight (default: the preset's; backs off on timeouts).")]
 RouteOpt = Annotated[Optional[str], typer.Option(help="http: chat | completions (default: the preset's).")]
 TopLogprobsOpt = Annotated[Optional[int], typer.Option("--top-logprobs", help="http: top-k logprobs to ask for.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(help="http: seconds per request attempt (default 120).")]

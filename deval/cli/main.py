@@ -16,9 +16,9 @@ from rich.table import Table
 from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
-                              NoCacheOpt, NoProbeOpt, OutOpt, TokenizerOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
-                              SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
-                              TopPOpt,
+                              NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
+                              SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TokenizerOpt, TopKOpt,
+                              TopLogprobsOpt, TopPOpt,
                               default_dir, err, interrupted, out, profile_config, with_given_again)
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
