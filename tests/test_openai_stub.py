@@ -96,7 +96,8 @@ def test_probe_on_the_stub_and_its_cache(tmp_path):
         assert caps.keyed_by == {"chat": "id", "completions": "id"} and caps.top_logprobs["chat"] == 28
         served = stub.served
         again = make_backend(stub.url, tmp_path / "cache", no_probe=False).capabilities()
-        assert again == caps and stub.served == served  # cached per (base URL, model)
+        # cached per (base URL, model, server): a second backend only asks the server who it is (GET models)
+        assert again == caps and [r["method"] for r in stub.requests[served:]] == ["GET"]
 
 
 def test_an_endpoint_without_logprobs_is_a_clear_error(tmp_path):
@@ -149,7 +150,8 @@ def test_credentials_in_the_base_url_never_reach_a_file_and_a_resume_asks_for_th
                  "--task", "extreme", "--runs", "2", "--steps", "3")
         assert ok.returncode == 0, ok.stderr
         # the query goes with every request (not glued to the path), user:password as basic auth
-        assert stub.requests and all(r["path"].endswith("completions?key=QSECRET") for r in stub.requests)
+        assert stub.requests and all(r["path"].endswith(("completions?key=QSECRET", "models?key=QSECRET"))
+                                     for r in stub.requests)
         assert any(r["path"] == "/v1/chat/completions?key=QSECRET" for r in stub.requests)
         assert all(r["headers"].get("authorization", "").startswith("Basic ") for r in stub.requests)
         resumed = cli("profile", "--resume", str(tmp_path / "run"))

@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from deval.jsonio import dump_json, read_json
 from deval.version import __version__
 from deval.core.protocol import Backend, Filters, RunSpec, Step, run_seed
 from deval.backends.urls import redact
@@ -86,6 +87,7 @@ def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
     """Measure every run not yet in run_dir, appending steps as they arrive, then write the summary."""
     done = {(s.task, s.run) for s in run_dir.completed_steps()}
     pending = [spec for task in config.tasks for spec in config.run_specs(task) if (task.name, spec.run) not in done]
+    before = _stats(backend)
     try:
         if pending:
             for step in backend.measure(pending):
@@ -93,9 +95,34 @@ def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
                 on_step(step)
     finally:
         run_dir.close()
+        _record_transport(run_dir, before, _stats(backend))
     summary = summarise(config, run_dir.completed_steps())
     run_dir.write_summary(summary)
     return summary
+
+
+TRANSPORT = "transport.json"  # per session: requests, retries by reason, timeouts, concurrency (HTTP backends)
+COUNTED = ("requests", "cache_hits", "retries", "timeouts")
+
+
+def _stats(backend: Backend) -> dict | None:
+    stats = getattr(backend, "stats", None)
+    return stats() if callable(stats) else None
+
+
+def _record_transport(run_dir: RunDir, before: dict | None, after: dict | None) -> None:
+    """Append this session's transport counts (after minus before: a sweep shares one backend) to transport.json."""
+    if after is None:
+        return
+    session = dict(after)
+    for key in COUNTED:
+        session[key] = after.get(key, 0) - (before or {}).get(key, 0)
+    earlier = (before or {}).get("retry_reasons", {})
+    reasons = {k: v - earlier.get(k, 0) for k, v in after.get("retry_reasons", {}).items()}
+    session["retry_reasons"] = {k: v for k, v in reasons.items() if v}
+    path = run_dir.path / TRANSPORT
+    old = read_json(path) if path.exists() else {"sessions": []}
+    dump_json(path, {"sessions": list(old.get("sessions", [])) + [session]})
 
 
 def summarise(config: ProfileConfig, steps: list[Step]) -> dict:
@@ -140,6 +167,8 @@ def execute(config: ProfileConfig, out: Path | None = None, resume: Path | None 
         total = sum((config.steps or t.steps) * config.runs for t in config.tasks)
         on_step = lambda step: None  # noqa: E731
         if progress is not None:
+            if hasattr(progress, "engine"):  # the CLI's bar shows the backend's retries live
+                progress.engine = engine
             done = [min(len(run_dir.completed_steps()), total)]  # a resumed run starts part-way
             progress(done[0], total)
 

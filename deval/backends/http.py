@@ -1,7 +1,10 @@
 """One POST with retries: backoff with jitter, Retry-After honoured, all within a time budget (never forever).
 
 Retried: 408, 429, 5xx, timeouts, dropped connections, bodies that are not JSON (truncated), and responses the
-caller's check rejects (e.g. logprobs missing once). Any other 4xx stops at once with the server's message.
+caller's check rejects (e.g. logprobs missing once). Any other 4xx stops at once with the server's message, and so
+does a 500 that is a request validation error (llama-cpp-python answers a bad field with 500). Each attempt's
+timeout is cut to what is left of the budget, so the budget holds. Requests in flight are bounded by an adaptive
+limit (Limiter): halved on a timeout, 429 or 503, grown by one per limit's worth of successes.
 httpx is used directly (not the openai SDK): the SDK 3.x sends through httpx2, which hides the wire from
 respx, and its own retry loop would sit under ours.
 """
@@ -23,16 +26,47 @@ from deval.backends.urls import redact
 from deval.errors import BackendError, BackendUnavailable
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+OVERLOAD_STATUS = {429, 503, 529}  # the server says it is busy: fewer requests in flight
+VALIDATION_MARKS = ("validation error", "validationerror")
 MESSAGE_LIMIT = 400  # characters of a server's error message we quote
 
 
 class Transient(Exception):
     """A failure worth retrying; retry_after is the server's own wait in seconds, if it said."""
 
-    def __init__(self, reason: str, retry_after: float | None = None, connect: bool = False):
+    def __init__(self, reason: str, retry_after: float | None = None, connect: bool = False,
+                 overload: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after
         self.connect = connect  # no connection at all: retried only within the short connect budget
+        self.overload = overload  # a timeout or a busy answer: the limiter backs off
+
+
+class Limiter:
+    """Requests in flight under an adaptive limit (AIMD): halved on overload, +1/limit per success, within [1, most]."""
+
+    def __init__(self, most: int):
+        self.most = max(1, int(most))
+        self.limit = float(self.most)
+        self.in_flight = 0
+        self.lowest = self.most  # the smallest limit reached, for the run's record
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight < int(self.limit))
+            self.in_flight += 1
+
+    async def release(self, overload: bool | None) -> None:
+        """overload None: the attempt says nothing about load (e.g. a refusal); False: it succeeded."""
+        async with self._changed:
+            self.in_flight -= 1
+            if overload:
+                self.limit = max(1.0, self.limit / 2.0)
+                self.lowest = min(self.lowest, int(self.limit))
+            elif overload is False:
+                self.limit = min(float(self.most), self.limit + 1.0 / self.limit)
+            self._changed.notify_all()
 
 
 class NotAnAPI(BackendError):
@@ -106,7 +140,9 @@ def server_message(response: httpx.Response) -> str:
 def refusal(response: httpx.Response, route: str, api_key_env: str) -> Refused:
     text = server_message(response)
     status = response.status_code
-    if "logprob" in text.lower():
+    if status >= 500:
+        why = f"the server rejected the request (HTTP {status}: {text})"
+    elif "logprob" in text.lower():
         why = f"the model refuses logprobs, which deval needs to read P_token (HTTP {status}: {text})"
     elif status in (401, 403):
         why = f"authentication failed (HTTP {status}: {text}); check ${api_key_env or 'the key variable'}"
@@ -122,26 +158,48 @@ class Transport:
 
     def __init__(self, client: httpx.AsyncClient, policy: RetryPolicy, rng: np.random.Generator,
                  api_key_env: str = "", sleep: Callable[[float], Awaitable] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, limiter: Limiter | None = None,
+                 on_retry: Callable[[str], None] = lambda reason: None):
         self.client = client
         self.policy = policy
         self.rng = rng
         self.api_key_env = api_key_env
         self.sleep = sleep
         self.clock = clock
+        self.limiter = limiter
+        self.on_retry = on_retry  # told the reason of every retry as it happens (progress, run files)
         self.retries = 0
+        self.timeouts = 0
 
     async def post(self, route: str, body: dict,
                    check: Callable[[dict], None] = lambda data: None) -> tuple[dict, bytes]:
-        """The parsed JSON answer to POST route and its raw bytes; check(data) may raise Transient to ask again."""
+        """The parsed JSON answer to POST route and its raw bytes; check(data) may raise Transient to ask again.
+
+        The budget counts attempts and backoff, not the wait for a free slot under the limiter."""
         start = self.clock()
+        queued = 0.0  # time spent waiting for a slot
         attempt = 0
         while True:
             try:
-                return await self._once(route, body, check)
+                if self.limiter is not None:
+                    before = self.clock()
+                    await self.limiter.acquire()
+                    queued += self.clock() - before
+                left = self.policy.budget_s - (self.clock() - start - queued)
+                overload = None
+                try:
+                    result = await self._once(route, body, check, left)
+                    overload = False
+                    return result
+                except Transient as exc:
+                    overload = exc.overload or None
+                    raise
+                finally:
+                    if self.limiter is not None:
+                        await self.limiter.release(overload)
             except Transient as exc:
                 attempt += 1
-                elapsed = self.clock() - start
+                elapsed = self.clock() - start - queued
                 wait = self.policy.delay(attempt - 1, self.rng)
                 if exc.retry_after is not None:
                     wait = max(wait, exc.retry_after)
@@ -152,6 +210,7 @@ class Transport:
                         f"{route}: gave up after {attempt} attempt{'s' * (attempt > 1)} in {elapsed:.1f}s "
                         f"(retry budget {budget:g}s; --retry-budget raises it): {exc}") from None
                 self.retries += 1
+                self.on_retry(str(exc))
                 await self.sleep(wait)
 
     def _where(self, route: str) -> str:
@@ -165,19 +224,35 @@ class Transport:
         return AuthFailed(f"{self._where(route)}: authentication failed (HTTP {response.status_code}: "
                           f"{server_message(response)}); {fix}")
 
-    async def _once(self, route: str, body: dict, check: Callable[[dict], None]) -> tuple[dict, bytes]:
+    def _timeout(self, left: float):
+        """The client's timeout, its read/write/pool parts cut to what is left of the budget."""
+        base = self.client.timeout
+        left = max(0.001, left)
+        cut = lambda v: left if v is None else min(v, left)  # noqa: E731
+        return httpx.Timeout(connect=cut(base.connect), read=cut(base.read), write=cut(base.write),
+                             pool=cut(base.pool))
+
+    async def _once(self, route: str, body: dict, check: Callable[[dict], None],
+                    left: float = math.inf) -> tuple[dict, bytes]:
         try:
-            response = await self.client.post(route, json=body)
+            if math.isfinite(left):
+                response = await self.client.post(route, json=body, timeout=self._timeout(left))
+            else:
+                response = await self.client.post(route, json=body)
         except httpx.TimeoutException as exc:
-            raise Transient(f"timed out ({type(exc).__name__})") from None
+            self.timeouts += 1
+            raise Transient(f"timed out ({type(exc).__name__})", overload=True) from None
         except httpx.ConnectError as exc:
             raise Transient(f"cannot connect ({exc}); is the server running at this --base-url?", connect=True) from None
         except httpx.TransportError as exc:
             raise Transient(f"connection failed ({type(exc).__name__}: {exc})") from None
         status = response.status_code
+        if status >= 500 and any(m in server_message(response).lower() for m in VALIDATION_MARKS):
+            raise refusal(response, route, self.api_key_env)  # a bad field: asking again cannot help
         if status in RETRY_STATUS or status >= 500:
             raise Transient(f"HTTP {status}: {server_message(response)}",
-                            retry_after_seconds(response.headers.get("retry-after")))
+                            retry_after_seconds(response.headers.get("retry-after")),
+                            overload=status in OVERLOAD_STATUS)
         if status in (401, 403):
             raise self._auth_failed(response, route)
         if status >= 400 and _is_html(response):

@@ -11,95 +11,34 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import re
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import httpx
 import numpy as np
 
 from deval.core.protocol import RunSpec, Step
-from deval.backends.cache import ResponseCache, default_cache_dir, request_key
-from deval.backends.http import RetryPolicy, Transient, Transport
+from deval.backends.cache import ResponseCache, request_key
+from deval.backends.choices import FewerChoices, n_from
+from deval.backends.http import Limiter, Refused, RetryPolicy, Transient, Transport
 from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_response
 from deval.backends.positions import Position, find_positions, first_answer_position, item_view
-from deval.backends.presets import ROUTES, Preset, get_preset
-from deval.backends.probe import Capabilities, ProbeCache, path_for, probe
-from deval.backends.urls import MARK, is_redacted, redact
+from deval.backends.presets import ROUTES, get_preset
+from deval.backends.probe import NEUTRAL_EXTENSIONS, Capabilities, ProbeCache, path_for, probe, server_identity
+from deval.backends.sampler_check import FilterEvidence, run_flags
+from deval.backends.settings import Settings
+from deval.backends.urls import redact
 from deval.errors import BackendError, ConfigError
 
 SEED_MODULUS = 2**31  # servers take 32-bit (llama.cpp) or int64 (OpenAI) seeds: stay inside both
 TOKENS_PER_ITEM_SLACK = 3  # separator, space and one spare token per item
 PREAMBLE_TOKENS = 48
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the backend needs besides the model; validated once, here."""
-
-    preset: Preset
-    base_url: str
-    api_key_env: str
-    route: str
-    top_logprobs: int
-    concurrency: int = 16
-    timeout: float = 120.0
-    retry_budget: float = 300.0
-    retry_base: float = 0.5
-    cache_dir: Path | None = None
-    probe: bool = True
-    max_tokens: int | None = None
-
-    @classmethod
-    def build(cls, preset: Preset, base_url=None, api_key_env=None, route=None, top_logprobs=None, concurrency=None,
-              timeout=None, retry_budget=None, retry_base=None, cache_dir=None, no_cache=False, no_probe=False,
-              max_tokens=None) -> "Settings":
-        if base_url is None and preset.name == "openai":
-            base_url = os.environ.get("OPENAI_BASE_URL") or None  # as the openai SDK does
-        base_url = (base_url or preset.base_url).rstrip("/")
-        if is_redacted(base_url):  # a run directory stores the URL with its secrets masked
-            raise ConfigError(f"--base-url {base_url} has its secrets masked ({MARK}), as a run directory stores it; "
-                              "pass --base-url again with the full URL")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"--base-url must start with http:// or https:// (got {redact(base_url)})")
-        _check_url(base_url)
-        route = route or preset.route
-        if route not in ROUTES:
-            raise ConfigError(f"--route must be one of {', '.join(ROUTES)} (got {route})")
-        top = preset.top_logprobs_cap if top_logprobs is None else top_logprobs
-        checks = [("--top-logprobs", top, 1), ("--concurrency", concurrency, 1), ("--timeout", timeout, 0.001),
-                  ("--retry-budget", retry_budget, 0), ("--max-tokens", max_tokens, 1)]
-        for name, value, lo in checks:
-            if value is not None and value < lo:
-                raise ConfigError(f"{name} must be >= {lo} (got {value})")
-        if no_cache:
-            directory = None
-        else:
-            directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        return cls(preset=preset, base_url=base_url, api_key_env=preset.api_key_env if api_key_env is None else api_key_env,
-                   route=route, top_logprobs=int(top), concurrency=concurrency or 16, timeout=timeout or 120.0,
-                   retry_budget=300.0 if retry_budget is None else retry_budget,
-                   retry_base=0.5 if retry_base is None else retry_base, cache_dir=directory,
-                   probe=not no_probe, max_tokens=max_tokens)
-
-
-def _check_url(url: str) -> None:
-    """A ConfigError unless the URL parses with a host and a port in range (urllib's reason; it quotes no secret)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # raises for a port out of range or not a number
-        if not parts.hostname:
-            raise ValueError("no host")
-        if any(ch.isspace() for ch in url):
-            raise ValueError("it contains whitespace")
-        httpx.URL(url)
-    except (ValueError, httpx.InvalidURL) as exc:
-        why = str(exc) if isinstance(exc, ValueError) else "httpx cannot parse it"
-        raise ConfigError(f"--base-url {redact(url)} is not a valid URL ({why}); "
-                          "give it as http://HOST:PORT/v1") from None
+RUN_TOP_DEFAULT = 100  # top-k asked per generated token where the probe found more (responses grow with it)
+STEP_TOP = 1000  # top-k per step-by-step request (T=1 needs only the trie's tokens; more where it is the vocabulary)
+N_SEED_STRIDE = 7_919  # seed offset between the requests one split `n` becomes
 
 
 def _run_sync(coro):
@@ -115,9 +54,9 @@ class OpenAIBackend:
     exact = False
 
     OPTIONS = ("base_url", "api_key_env", "route", "top_logprobs", "concurrency", "timeout", "retry_budget",
-               "cache_dir", "no_cache", "no_probe", "max_tokens")
+               "cache_dir", "no_cache", "no_probe", "max_tokens", "tokenizer")
 
-    def __init__(self, model: str | None = None, preset: str = "openai", **options):
+    def __init__(self, model: str | None = None, preset: str = "openai", tokenizer: str | None = None, **options):
         unknown = sorted(set(options) - set(self.OPTIONS) - {"retry_base"})
         if unknown:
             raise ConfigError(f"the openai backend does not take --{unknown[0].replace('_', '-')}")
@@ -135,6 +74,13 @@ class OpenAIBackend:
         self.cache = ResponseCache(self.settings.cache_dir, self.settings.base_url, model)
         self.requests = 0  # sent over the wire (cache misses)
         self.retries = 0
+        self.retry_reasons: dict[str, int] = {}  # why requests were retried, counted as they happen
+        self.timeouts = 0
+        self.lowest_concurrency = self.settings.concurrency
+        self.n_limit: int | None = None  # the largest n the server accepted after refusing a larger one
+        self.evidence = FilterEvidence()  # draws the server's default filters would have excluded
+        self.tokenizer = tokenizer  # a GGUF with the server model's tokenizer: runs are driven step by step
+        self._stepper = None
 
     # -- capabilities -------------------------------------------------------------------------------------
 
@@ -148,28 +94,37 @@ class OpenAIBackend:
         return httpx.AsyncClient(base_url=base, params=httpx.QueryParams(parts.query), headers=headers,
                                  limits=limits, timeout=httpx.Timeout(s.timeout, connect=min(s.timeout, 10.0)))
 
-    def _transport(self, client: httpx.AsyncClient, seed: int = 0) -> Transport:
+    def _transport(self, client: httpx.AsyncClient, seed: int = 0, limiter: Limiter | None = None) -> Transport:
         policy = RetryPolicy(budget_s=self.settings.retry_budget, base_s=self.settings.retry_base)
-        return Transport(client, policy, np.random.default_rng(seed), api_key_env=self.settings.api_key_env)
+        return Transport(client, policy, np.random.default_rng(seed), api_key_env=self.settings.api_key_env,
+                         limiter=limiter, on_retry=self._count_retry)
 
-    def _asks(self) -> tuple[int, ...]:
-        top = self.settings.top_logprobs
-        return tuple(dict.fromkeys(a for a in (top, 20, 10, 5, 1) if a <= top))
+    def _count_retry(self, reason: str) -> None:
+        """Every retry as it happens: counted by reason (digits dropped, so alike reasons add up)."""
+        self.retries += 1
+        short = re.sub(r"\d+(\.\d+)?", "N", reason.split(":")[0])[:60]
+        self.retry_reasons[short] = self.retry_reasons.get(short, 0) + 1
 
     def probe(self, refresh: bool = False) -> Capabilities:
-        """Probe the endpoint (or read the cached answer for this base URL and model)."""
+        """Probe the endpoint, or read the answer cached for this base URL, model and server (never a failure)."""
         store = ProbeCache(self.settings.cache_dir)
-        asks = self._asks()
-        cached = None if refresh else store.get(self.settings.base_url, self.model, asks)
-        if cached is not None:
-            return cached
+        limit = self.settings.probe_limit
+        sampling = dict(NEUTRAL_EXTENSIONS) | dict(self.preset.sampling)
 
         async def go():
             async with self._client() as client:
-                return await probe(self._transport(client), self.model, asks, dict(self.preset.sampling))
+                server = await server_identity(client)
+                cached = None if refresh else store.get(self.settings.base_url, self.model, server, limit)
+                if cached is not None:
+                    return cached, server, True
+                caps = await probe(self._transport(client), self.model, limit, sampling)
+                return Capabilities(**{**caps.to_dict(), "server": server}), server, False
 
-        caps = _run_sync(go())
-        store.put(self.settings.base_url, self.model, asks, caps)
+        retries = self.retries
+        caps, server, hit = _run_sync(go())
+        self.retries = retries  # the probe's retries are not the run's
+        if not hit:
+            store.put(self.settings.base_url, self.model, server, limit, caps)
         return caps
 
     def capabilities(self) -> Capabilities:
@@ -180,14 +135,18 @@ class OpenAIBackend:
                 p = self.preset
                 top = min(self.settings.top_logprobs, p.top_logprobs_cap)
                 self._caps = Capabilities(chat=True, completions=True, top_logprobs={"chat": top, "completions": top},
-                                          keyed_by={}, logprobs=p.logprobs, n=p.n, errors={}, probed=False)
+                                          keyed_by={}, logprobs=p.logprobs, n=p.n, errors={}, probed=False,
+                                          sampling=dict(p.sampling))
         return self._caps
 
     def _route(self) -> tuple[str, int]:
         caps = self.capabilities()
         route = self.settings.route
         if caps.top_logprobs.get(route, 0) > 0:
-            return route, min(self.settings.top_logprobs, caps.top_logprobs[route])
+            wanted = self.settings.top_logprobs
+            if caps.probed and not self.settings.top_given:  # the probe found the cap: use it, within reason
+                wanted = max(wanted, RUN_TOP_DEFAULT)
+            return route, min(wanted, caps.top_logprobs[route])
         other = next((r for r in ROUTES if caps.top_logprobs.get(r, 0) > 0), None)
         said = "; ".join(f"{r}: {m}" for r, m in caps.errors.items()) or "no logprobs in the responses"
         if other is None:
@@ -202,11 +161,15 @@ class OpenAIBackend:
     def describe(self) -> dict:
         route, top = self._route()
         caps = self.capabilities()
+        stepping = self.stepper()
+        if stepping is not None:
+            route, top = "completions, step by step", stepping.top
         return {"name": self.name, "preset": self.preset.name, "model": self.model, "exact": False,
                 "base_url": redact(self.settings.base_url), "route": route, "top_logprobs": top,
                 "logprobs": caps.logprobs, "n": caps.n, "api_key_env": self.settings.api_key_env,
                 "capabilities": caps.to_dict(), "quirks": list(self.preset.quirks),
-                "sampling_sent": dict(self.preset.sampling),
+                "sampling_sent": dict(caps.sampling), "sampler": caps.sampler,
+                "concurrency": self.settings.concurrency,
                 "cache": str(self.cache.path) if self.cache.path else None,
                 "about": "P_token from server logprobs: top-k only, the unseen tail is recorded per step"}
 
@@ -228,7 +191,7 @@ class OpenAIBackend:
             body |= {"prompt": spec.prompt + "\n", "logprobs": top}
         if n > 1:
             body["n"] = n
-        body |= dict(self.preset.sampling)
+        body |= dict(self.capabilities().sampling)  # neutral values the server accepted (or the preset's)
         f = spec.filters
         body |= {k: v for k, v in (("top_k", f.top_k), ("top_p", f.top_p), ("min_p", f.min_p)) if v is not None}
         return body
@@ -247,6 +210,8 @@ class OpenAIBackend:
             except (NoLogprobs, Malformed) as exc:
                 raise Transient(f"unusable response: {exc}") from None
             if len(choices) < n:
+                if len(choices) >= 1 and n > 1:
+                    raise FewerChoices(len(choices))  # n not honoured (llama-cpp-python): split, do not retry
                 raise Transient(f"asked for {n} choices, got {len(choices)}")
             parsed[:] = choices
 
@@ -255,10 +220,16 @@ class OpenAIBackend:
         self.cache.put(key, raw)
         return parsed
 
+    def _filter_flags(self, spec: RunSpec, choices: list[Choice]) -> tuple[str, ...]:
+        """server-filtered where the run's draws show filters deval did not ask for (sampler_check)."""
+        return run_flags(spec, self.capabilities(), self.settings.base_url, choices, self.evidence)
+
     def _steps(self, spec: RunSpec, choice_positions: list[tuple[Choice, Position | None]], walk_flags=()) -> list[Step]:
         caps = self.capabilities()
         raw = caps.logprobs != "processed"
-        extra = tuple(walk_flags) + (("logprobs-kind-unknown",) if caps.logprobs == "unknown" else ())
+        choices = list({id(c): c for c, _ in choice_positions}.values())
+        extra = (tuple(walk_flags) + (("logprobs-kind-unknown",) if caps.logprobs == "unknown" else ())
+                 + self._filter_flags(spec, choices))
         steps = []
         task = spec.task
         for t, (choice, pos) in enumerate(choice_positions):
@@ -279,8 +250,26 @@ class OpenAIBackend:
             steps[-1] = Step(**{**last.__dict__, "final": True, "flags": tuple(dict.fromkeys(last.flags + short))})
         return steps
 
+    def stepper(self):
+        """The step-by-step driver where --tokenizer is given and the server continues raw prompts, else None."""
+        caps = self.capabilities()
+        if self.tokenizer is None or self._stepper is not None:
+            return self._stepper
+        if not caps.top_logprobs.get("completions"):
+            raise BackendError(f"--tokenizer drives runs step by step on the completions route, which gave no "
+                               f"logprobs at {redact(self.settings.base_url)}; drop --tokenizer")
+        from deval.backends.stepper import Stepper, Vocab
+
+        cap = caps.top_logprobs["completions"]
+        top = cap if caps.full.get("completions") else min(cap, STEP_TOP)
+        self._stepper = Stepper(self, Vocab(self.tokenizer), min(top, self.settings.top_logprobs)
+                                if self.settings.top_given else top)
+        return self._stepper
+
     async def _run(self, transport: Transport, spec: RunSpec, route: str, top: int) -> list[Step]:
         task = spec.task
+        if self._stepper is not None:
+            return await self._stepper.run(transport, spec)
         if spec.mode == "sequence":
             choice = (await self._fetch(transport, route, self._body(spec, route, top, spec.seed), 1))[0]
             positions, flags = find_positions(choice, task.items, task.separator, spec.steps)
@@ -290,19 +279,50 @@ class OpenAIBackend:
                                    flags + ("no-items-found",))
             return self._steps(spec, [(choice, p) for p in positions], flags)
         if self.capabilities().n and spec.steps > 1:
-            choices = await self._fetch(transport, route, self._body(spec, route, top, spec.seed, n=spec.steps),
-                                        spec.steps)
+            choices = await self._split_n(transport, spec, route, top)
         else:
             bodies = [self._body(spec, route, top, spec.seed + 1_000_003 * t) for t in range(spec.steps)]
             choices = [c[0] for c in await asyncio.gather(*(self._fetch(transport, route, b, 1) for b in bodies))]
         return self._steps(spec, [(c, first_answer_position(c, task.items)) for c in choices[: spec.steps]])
 
+    async def _split_n(self, transport: Transport, spec: RunSpec, route: str, top: int) -> list[Choice]:
+        """spec.steps choices in requests of at most the n the server accepts (llama-server: its slot count).
+
+        A refused n is learned (the number a 'slot' message names, else half) and the rest asked in smaller
+        requests; chunk c uses seed + N_SEED_STRIDE * c, so the first chunk is the unsplit request."""
+        choices: list[Choice] = []
+        chunk = 0
+        while len(choices) < spec.steps:
+            n = min(spec.steps - len(choices), self.n_limit or spec.steps)
+            seed = spec.seed + N_SEED_STRIDE * chunk
+            try:
+                got = await self._fetch(transport, route, self._body(spec, route, top, seed, n=n), n)
+            except FewerChoices as exc:
+                self.n_limit = min(self.n_limit or n, exc.count)
+                continue
+            except Refused as exc:
+                if n <= 1 or exc.status not in (400, 413, 422, 500):
+                    raise
+                self.n_limit = min(self.n_limit or n, n_from(exc.server_message, n))
+                continue
+            choices += got[:n]
+            chunk += 1
+        return choices
+
+    def stats(self) -> dict:
+        """What the transport went through, for the run files: requests, retries by reason, concurrency, n."""
+        return {"requests": self.requests, "cache_hits": self.cache.hits, "retries": self.retries,
+                "retry_reasons": dict(self.retry_reasons), "timeouts": self.timeouts,
+                "concurrency": self.settings.concurrency, "concurrency_lowest": self.lowest_concurrency,
+                "n_limit": self.n_limit, "server_filters": self.evidence.to_dict()}
+
     async def _produce(self, runs: Sequence[RunSpec], out: queue.Queue, handle: dict) -> None:
         handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()
         route, top = self._route()
         gate = asyncio.Semaphore(self.settings.concurrency)
+        limiter = Limiter(self.settings.concurrency)
         async with self._client() as client:
-            transport = self._transport(client, seed=runs[0].seed if runs else 0)
+            transport = self._transport(client, seed=runs[0].seed if runs else 0, limiter=limiter)
 
             async def one(spec: RunSpec) -> list[Step]:
                 async with gate:
@@ -316,11 +336,13 @@ class OpenAIBackend:
             finally:
                 for t in tasks:
                     t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                self.retries += transport.retries
+                await asyncio.gather(*tasks, return_exceptions=True)  # cancelled requests close their connections
+                self.timeouts += transport.timeouts
+                self.lowest_concurrency = min(self.lowest_concurrency, limiter.lowest)
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
         self._route()  # probe (and fail clearly) before any thread starts
+        self.stepper()
         out: queue.Queue = queue.Queue()
         handle: dict = {}
         done = object()
@@ -356,3 +378,5 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self.cache.close()
+        if self._stepper is not None:
+            self._stepper.vocab.close()

@@ -28,6 +28,7 @@ class Preset:
     quirks: tuple[str, ...]
     sampling: tuple[tuple[str, float], ...]  # neutral sampler values sent unless the user sets that filter
     source: str = ""
+    concurrency: int = 16  # requests in flight at most (the limiter backs off from it on timeouts)
 
 
 def presets_dir() -> Path:
@@ -37,7 +38,7 @@ def presets_dir() -> Path:
 
 def preset_from_dict(data: dict, source: str) -> Preset:
     known = {"name", "description", "base_url", "api_key_env", "key_required", "route", "top_logprobs_cap",
-             "logprobs", "n", "quirks", "sampling"}
+             "logprobs", "n", "quirks", "sampling", "concurrency"}
     fail = field_checker(data, source, known, ("name", "base_url", "route", "top_logprobs_cap"))
     for key in ("name", "base_url"):
         nonempty_string(data, key, fail)
@@ -48,6 +49,9 @@ def preset_from_dict(data: dict, source: str) -> Preset:
     cap = data["top_logprobs_cap"]
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
         raise fail("top_logprobs_cap", "must be an integer >= 1")
+    concurrency = data.get("concurrency", 16)
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise fail("concurrency", "must be an integer >= 1")
     kind = data.get("logprobs", "unknown")
     if kind not in LOGPROB_KINDS:
         raise fail("logprobs", f"must be one of {', '.join(LOGPROB_KINDS)}")
@@ -67,7 +71,8 @@ def preset_from_dict(data: dict, source: str) -> Preset:
     return Preset(name=data["name"].strip(), description=str(data.get("description", "")),
                   base_url=data["base_url"].rstrip("/"), api_key_env=env, key_required=data.get("key_required", False),
                   route=data["route"], top_logprobs_cap=cap, logprobs=kind, n=data.get("n", False),
-                  quirks=tuple(quirks), sampling=tuple(sorted(sampling.items())), source=source)
+                  quirks=tuple(quirks), sampling=tuple(sorted(sampling.items())), source=source,
+                  concurrency=concurrency)
 
 
 def load_presets(directory: Path | None = None) -> dict[str, Preset]:

@@ -58,8 +58,9 @@ BaseUrlOpt = Annotated[Optional[str], typer.Option(
     callback=validate.base_url)]
 ApiKeyEnvOpt = Annotated[Optional[str], typer.Option(
     "--api-key-env", help="http: environment variable with the API key.", callback=validate.api_key_env)]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="http: requests in flight at once (default 16).",
-                                                      parser=Number(int, 1, 1024, example=16))]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option(
+    help="http: most requests in flight (default: the preset's; backs off on timeouts).",
+    parser=Number(int, 1, 1024, example=16))]
 RouteOpt = Annotated[Optional[str], typer.Option(help="http: chat | completions (default: the preset's).")]
 TopLogprobsOpt = Annotated[Optional[int], typer.Option("--top-logprobs", help="http: top-k logprobs to ask for.",
                                                       parser=Number(int, 1, 100_000, example=20))]
@@ -77,9 +78,13 @@ TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (> 0).
                                                parser=Number(float, 0, 100, lo_open=True, example=1.0))]
 SamplesOpt = Annotated[int, typer.Option(help="Samples to draw.", parser=Number(int, 1, MAX_SAMPLES, example=100))]
 NoProbeOpt = Annotated[bool, typer.Option("--no-probe", help="http: trust the preset instead of probing the endpoint.")]
+TokenizerOpt = Annotated[Optional[str], typer.Option(
+    "--tokenizer", help="http: the server model's GGUF (read vocab-only): drive runs step by step on the "
+                        "completions route, deval drawing each item with the run's seed.")]
 
 BACKEND_OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt", "base_url", "api_key_env", "concurrency", "route",
-                   "top_logprobs", "timeout", "retry_budget", "max_tokens", "cache_dir", "no_cache", "no_probe")
+                   "top_logprobs", "timeout", "retry_budget", "max_tokens", "cache_dir", "no_cache", "no_probe",
+                   "tokenizer")
 
 
 def check_range(name: str, value, lo=None, hi=None, lo_open=False) -> None:
@@ -148,7 +153,7 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     tasks = tuple(catalog.get(ref) for ref in dict.fromkeys(o["task"]))
     validate.distinct_tasks(tasks)
     validate.check_total(o["runs"], o["steps"], [t.steps for t in tasks])
-    chosen = backend_options(o["backend"], **{k: o[k] for k in BACKEND_OPTIONS})
+    chosen = backend_options(o["backend"], **{k: o.get(k) for k in BACKEND_OPTIONS})
     return ProfileConfig(backend=o["backend"], model=o["model"] or "", tasks=tasks, runs=o["runs"], steps=o["steps"],
                          temperature=temperature, seed=o["seed"], mode=o["mode"], filters=filters,
                          backend_options=tuple(sorted(chosen.items())))
@@ -185,11 +190,24 @@ def progress_bar(what: str, quiet: bool = False):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    def update(done: int, total: int) -> None:
+        bars.update(bar, completed=done, total=total)
+
+    update.engine = None  # an analysis may hang its backend here: HTTP retries then show live
+
+    class Retries(ProgressColumn):
+        def render(self, task) -> Text:
+            n = getattr(update.engine, "retries", 0)
+            return Text(f"{n} retr{'y' if n == 1 else 'ies'}" if n else "", style="yellow")
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn()]
+               TextColumn("ETA"), TimeRemainingColumn(), Retries()]
     with Progress(*columns, console=err, transient=True) as bars:
         bar = bars.add_task(what, total=None)
-        yield lambda done, total: bars.update(bar, completed=done, total=total)
+        yield update
 
 
 def check_resume(stored_config: dict, path: Path) -> None:

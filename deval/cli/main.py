@@ -13,8 +13,8 @@ from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
-                              SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
-                              TemperatureOpt, TopPOpt,
+                              SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TokenizerOpt, TopKOpt,
+                              TopLogprobsOpt, TemperatureOpt, TopPOpt,
                               check_resume, damaged_summary, err, interrupted, json_summary, out, profile_config,
                               progress_bar, with_given_again)
 from deval.cli.dynamics import register as register_dynamics
@@ -83,6 +83,7 @@ def profile(
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     no_probe: NoProbeOpt = False,
+    tokenizer: TokenizerOpt = None,
 ) -> None:
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
     if resume is not None:

@@ -51,8 +51,16 @@ def probe_command(
     for route in ("chat", "completions"):
         top = caps.top_logprobs.get(route, 0)
         said = caps.errors.get(route)
-        answer = f"yes, top-{top}, tokens keyed by {caps.keyed_by.get(route, '?')}" if top else "no"
+        whole = ", the whole distribution" if caps.full.get(route) else ""
+        answer = f"yes, top-{top}{whole}, tokens keyed by {caps.keyed_by.get(route, '?')}" if top else "no"
         table.add_row(f"logprobs on {route}", answer + (f" ({said})" if said and not top else ""))
+    table.add_row("prompt continued", "yes (completions route)" if caps.continues.get("completions") else "no")
+    sent = ", ".join(f"{k}={v}" for k, v in caps.sampling.items()) or "none"
+    sampler = {"neutral": "neutral settings accepted", "standard-only": "sampler extensions refused",
+               "preset": "as the preset says (not probed)"}.get(caps.sampler, caps.sampler)
+    table.add_row("sampler", f"{sampler}: {sent}")
+    if caps.server:
+        table.add_row("server", caps.server)
     kind = {"raw": "raw: temperature does not move them (deval applies it)",
             "processed": "processed: they move with temperature (used as they come)",
             "unknown": "unknown: could not tell"}[caps.logprobs]
