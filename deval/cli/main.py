@@ -120,7 +120,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     if json_out:
         print(dumps(summary))
         return
-    if render_run(summary, rd.path, out):  # sweep, calibration or diversity run
+    if render_run(summary, rd.path, out):  # sweep, calibration, diversity or code run
         return
     config = rd.manifest()["config"]
     tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
@@ -169,6 +169,10 @@ register_dynamics(app)
 from deval.cli.probe import probe_command  # noqa: E402  (the probe command lives in its own module)
 
 app.command("probe")(probe_command)
+
+from deval.cli.code import code_command  # noqa: E402
+
+app.command("code")(code_command)
 
 
 def main() -> None:
