@@ -28,12 +28,16 @@ def _count_cell(stat: dict) -> str:
 def render_code(summary: dict, console: Console | None = None, where: str | None = None) -> None:
     console = console or Console()
     groups = summary["groups"]
-    source = "completions file" if "file" in groups else f"backend [bold]{escape(str(summary['backend']))}[/]"
-    console.print(Text.from_markup(
-        f"HumanEval · {source} · model [bold]{escape(str(summary['model']) or '-')}[/] · "
-        f"{len(summary['problems'])} problems · {summary['samples']} samples per problem · "
-        f"{'raw continuation' if summary['raw'] else 'chat'} · max_tokens {summary['max_tokens']} · "
-        f"seed {summary['seed']}"))
+    if "file" in groups:
+        g = groups["file"]
+        head = (f"HumanEval · completions file [bold]{escape(str(summary['model']))}[/] · "
+                f"{len(g['problems'])} problems · {g['samples']} completions (k up to {g['samples_per_problem']})")
+    else:
+        head = (f"HumanEval · backend [bold]{escape(str(summary['backend']))}[/] · model "
+                f"[bold]{escape(str(summary['model']) or '-')}[/] · {len(summary['problems'])} problems · "
+                f"{summary['samples']} samples per problem · {'raw continuation' if summary['raw'] else 'chat'} · "
+                f"max_tokens {summary['max_tokens']} · seed {summary['seed']}")
+    console.print(Text.from_markup(head))
     ks = sorted({int(k) for g in groups.values() for k in g["pass@k"]})
     table = Table(show_header=True, header_style="bold")
     table.add_column("T", justify="right")

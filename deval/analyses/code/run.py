@@ -167,6 +167,10 @@ def open_run(path: Path, config: CodeConfig | None, engine=None) -> tuple[CodeCo
             raise ConfigError(f"{path} is not a 'deval code' run directory (manifest schema {stored.get('schema')})")
         return CodeConfig.from_dict(stored["config"]), Path(path)
     sandbox = Sandbox(config.limits, config.sandbox, config.allow_weak_sandbox)
+    problems = select(load_problems(), config.problems, config.limit)
+    if config.completions:  # bad input fails before a run directory exists
+        read_completions(Path(config.completions), problems)
+    profile_verdict(config.with_profile)
     return config, create_run_dir(path, manifest(config, engine, sandbox))
 
 

@@ -100,9 +100,14 @@ def available() -> tuple[str, str]:
     else:
         why = f"bubblewrap is not installed; {INSTALL}"
     if root and shutil.which("unshare") and shutil.which("setpriv"):
-        probe = subprocess.run(["unshare", "--net", "--pid", "--fork", "/bin/true"], capture_output=True, timeout=30)
+        python = os.path.realpath(sys.executable)
+        probe = subprocess.run(["unshare", "--net", "--pid", "--fork", "setpriv", f"--reuid={BASE_UID}",
+                                f"--regid={BASE_UID}", "--clear-groups", "--", python, "-I", "-S", "-c", "pass"],
+                               capture_output=True, text=True, timeout=30)
         if probe.returncode == 0:
             return "unshare", why + "; unshare gives no private file system view"
+        why += (f"; unshare cannot run {python} as an unprivileged user ({probe.stderr.strip()[:120]}): "
+                "the interpreter must be readable by all users")
     return "rlimits", why + "; no network isolation is available"
 
 
