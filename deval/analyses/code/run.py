@@ -153,7 +153,9 @@ def _describe(engine) -> dict | None:
     if engine is None:
         return None
     try:
-        described = engine.describe() if engine.name != "openai" else {"model": engine.model}
+        # an HTTP backend's describe() probes for logprobs, which generation does not need
+        described = engine.describe() if getattr(engine, "exact", False) else {
+            "name": engine.name, "model": engine.model, "base_url": getattr(engine, "describe_url", lambda: None)()}
     except Exception:  # a description is informative only; generation reports real failures
         described = {"model": getattr(engine, "model", "")}
     return {k: (redact(v) if k == "base_url" and isinstance(v, str) else v) for k, v in described.items()}
