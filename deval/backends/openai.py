@@ -12,7 +12,6 @@ import asyncio
 import os
 import queue
 import re
-import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
@@ -20,7 +19,8 @@ from typing import Iterator, Sequence
 import httpx
 import numpy as np
 
-from deval.core.protocol import RunSpec, Step
+from deval.core.protocol import GenerateSpec, RunSpec, Step
+from deval.backends.bridge import stream
 from deval.backends.cache import ResponseCache, request_key
 from deval.backends.choices import FewerChoices, n_from
 from deval.backends.http import Limiter, Refused, RetryPolicy, Transient, Transport
@@ -138,6 +138,10 @@ class OpenAIBackend:
                                           keyed_by={}, logprobs=p.logprobs, n=p.n, errors={}, probed=False,
                                           sampling=dict(p.sampling))
         return self._caps
+
+    def sampling(self) -> dict:
+        """The neutral sampler fields to send: what the probe found the server accepts, else the preset's."""
+        return dict(self._caps.sampling) if self._caps is not None else dict(self.preset.sampling)
 
     def _route(self) -> tuple[str, int]:
         caps = self.capabilities()
@@ -343,38 +347,13 @@ class OpenAIBackend:
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
         self._route()  # probe (and fail clearly) before any thread starts
         self.stepper()
-        out: queue.Queue = queue.Queue()
-        handle: dict = {}
-        done = object()
+        yield from stream(lambda out, handle: self._produce(runs, out, handle), "deval-openai")
 
-        def work() -> None:
-            try:
-                asyncio.run(self._produce(runs, out, handle))
-            except BaseException as exc:  # handed to the consumer, raised there
-                out.put(exc)
-            finally:
-                out.put(done)
+    def generate(self, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]]:
+        """Free text for each spec (deval.backends.openai_generate): (index, text) as each response arrives."""
+        from deval.backends.openai_generate import produce
 
-        thread = threading.Thread(target=work, name="deval-openai", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = out.get()
-                if item is done:
-                    break
-                if isinstance(item, asyncio.CancelledError):
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            loop, task = handle.get("loop"), handle.get("task")
-            if thread.is_alive() and loop is not None and task is not None:
-                try:
-                    loop.call_soon_threadsafe(task.cancel)
-                except RuntimeError:  # the loop closed meanwhile
-                    pass
-            thread.join()
+        yield from stream(lambda out, handle: produce(self, specs, out, handle), "deval-openai-generate")
 
     def close(self) -> None:
         self.cache.close()

@@ -201,12 +201,13 @@ def diversity_config(o: dict):
 
 
 def render_run(summary: dict, path: Path, console) -> bool:
-    """Re-render a sweep, calibration or diversity run; False when the summary is not one of these."""
+    """Re-render a sweep, calibration, diversity or code run; False when the summary is not one of these."""
     from deval.analyses import calibration, diversity, sweep
+    from deval.report import code as report_code
     from deval.report import dynamics as report_dynamics
 
     renderers = {sweep.SCHEMA: report_dynamics.render_sweep, calibration.SCHEMA: report_dynamics.render_calibration,
-                 diversity.SCHEMA: report_dynamics.render_diversity}
+                 diversity.SCHEMA: report_dynamics.render_diversity, report_code.SCHEMA: report_code.render_code}
     render = renderers.get(summary.get("schema"))
     if render is None:
         return False

@@ -191,6 +191,9 @@ app.command("compare")(compare_command)
 from deval.cli.layers import layers_command  # noqa: E402  (the logit lens lives in its own module)
 
 app.command("layers")(layers_command)
+from deval.cli.code import code_command  # noqa: E402
+
+app.command("code")(code_command)
 
 
 def main() -> None:
