@@ -19,7 +19,7 @@ import llama_cpp.llama_cpp as llama_lib
 import numpy as np
 from llama_cpp import Llama, llama_chat_format
 
-from deval.core.protocol import RunSpec, Step, TrieLogprobs
+from deval.core.protocol import GenerateSpec, RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, BackendUnavailable, ConfigError
 from deval.core.sampling import draw, log_softmax, sampling_logprobs
 from deval.core.trie import ItemTrie, chain_rule, item_logprobs
@@ -164,6 +164,12 @@ class LocalBackend:
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
         for spec in runs:
             yield from self._run(spec)
+
+    def generate(self, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]]:
+        """Free text from deval's own seeded sampler over the exact distribution (deval.backends.local_generate)."""
+        from deval.backends.local_generate import generate
+
+        yield from generate(self, specs)
 
     def close(self) -> None:
         self.llm.close()

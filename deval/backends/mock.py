@@ -6,11 +6,13 @@ filters act on it exactly as on a real vocabulary.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import json
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from deval.core.protocol import RunSpec, Step
+from deval.core.protocol import GenerateSpec, RunSpec, Step, cut_at_stop
 from deval.errors import ConfigError
 from deval.core.sampling import draw, sampling_logprobs
 
@@ -21,6 +23,7 @@ MODELS = {
     "off-format": "most of the mass off the items: the model does not follow the task format",
 }
 OTHER_MASS = {"d": 0.002, "e": 0.02, "uniform": 0.02, "off-format": 0.9}
+WORDS = ("alpha", "beta", "gamma", "delta", "return", "pass", "x", "y", "1", "+", "\n")
 
 
 class MockBackend:
@@ -28,12 +31,15 @@ class MockBackend:
 
     name = "mock"
     exact = True
+    OPTIONS = ("script",)
 
-    def __init__(self, model: str | None = None):
+    def __init__(self, model: str | None = None, script: Mapping[str, Sequence[str]] | str | Path | None = None):
         if model not in MODELS:
             raise ConfigError(f"unknown mock model '{model}'; choose one of {', '.join(MODELS)} with --model")
         self.model = model
         self.calls: list[RunSpec] = []
+        self.generated: list[GenerateSpec] = []
+        self.script = _load_script(script)
 
     def describe(self) -> dict:
         return {"name": self.name, "model": self.model, "exact": True, "about": MODELS[self.model]}
@@ -42,6 +48,20 @@ class MockBackend:
         for spec in runs:
             self.calls.append(spec)
             yield from self._run(spec)
+
+    def generate(self, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]]:
+        """Scripted text: a prompt in the script gets one of its texts (the first at temperature <= 0.05, else one
+        drawn with the spec's seed); any other prompt gets seeded filler words. Stop strings apply; max_tokens
+        counts characters here."""
+        for index, spec in enumerate(specs):
+            self.generated.append(spec)
+            rng = np.random.default_rng(spec.seed)
+            texts = self.script.get(spec.prompt)
+            if texts:
+                text = texts[0] if spec.temperature <= 0.05 else texts[int(rng.integers(len(texts)))]
+            else:
+                text = " ".join(WORDS[int(i)] for i in rng.integers(len(WORDS), size=8))
+            yield index, cut_at_stop(text, spec.stop)[0][: spec.max_tokens]
 
     def close(self) -> None:
         pass
@@ -74,6 +94,20 @@ class MockBackend:
         if self.model == "uniform":
             return np.full(k, 1.0 / k)
         return p_task.copy()  # off-format: aligned, but little mass on the set
+
+
+def _load_script(script) -> dict[str, tuple[str, ...]]:
+    """prompt -> canned texts, from a mapping or a JSON file holding one (a single string counts as one text)."""
+    if script is None:
+        return {}
+    if isinstance(script, (str, Path)):
+        try:
+            script = json.loads(Path(script).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the mock script {script} ({exc}); pass a JSON object prompt -> texts")
+    if not isinstance(script, Mapping):
+        raise ConfigError("the mock script must map each prompt to a list of texts")
+    return {str(k): (v,) if isinstance(v, str) else tuple(str(x) for x in v) for k, v in script.items()}
 
 
 def _plan(p_task: np.ndarray, steps: int, rng: np.random.Generator) -> np.ndarray:

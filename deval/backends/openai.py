@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from typing import Iterator, Sequence
 import httpx
 import numpy as np
 
-from deval.core.protocol import RunSpec, Step
+from deval.core.protocol import GenerateSpec, RunSpec, Step
+from deval.backends.bridge import stream
 from deval.backends.cache import ResponseCache, default_cache_dir, request_key
 from deval.backends.http import RetryPolicy, Transient, Transport
 from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_response
@@ -321,38 +321,13 @@ class OpenAIBackend:
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
         self._route()  # probe (and fail clearly) before any thread starts
-        out: queue.Queue = queue.Queue()
-        handle: dict = {}
-        done = object()
+        yield from stream(lambda out, handle: self._produce(runs, out, handle), "deval-openai")
 
-        def work() -> None:
-            try:
-                asyncio.run(self._produce(runs, out, handle))
-            except BaseException as exc:  # handed to the consumer, raised there
-                out.put(exc)
-            finally:
-                out.put(done)
+    def generate(self, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]]:
+        """Free text for each spec (deval.backends.openai_generate): (index, text) as each response arrives."""
+        from deval.backends.openai_generate import produce
 
-        thread = threading.Thread(target=work, name="deval-openai", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = out.get()
-                if item is done:
-                    break
-                if isinstance(item, asyncio.CancelledError):
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            loop, task = handle.get("loop"), handle.get("task")
-            if thread.is_alive() and loop is not None and task is not None:
-                try:
-                    loop.call_soon_threadsafe(task.cancel)
-                except RuntimeError:  # the loop closed meanwhile
-                    pass
-            thread.join()
+        yield from stream(lambda out, handle: produce(self, specs, out, handle), "deval-openai-generate")
 
     def close(self) -> None:
         self.cache.close()

@@ -138,12 +138,32 @@ class Step:
                    else TrieLogprobs.from_record(r["trie_logprobs"]))
 
 
+@dataclass(frozen=True)
+class GenerateSpec:
+    """One free-text generation: the prompt is the user message (raw: continued as is, no chat template)."""
+
+    prompt: str
+    max_tokens: int
+    temperature: float
+    seed: int
+    stop: tuple[str, ...] = ()
+    filters: Filters = Filters()
+    raw: bool = False
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text up to the first stop string (which is dropped), and whether one was found."""
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
 class Backend(Protocol):
     """What a backend offers the core.
 
     `measure` takes any number of runs and yields their steps as they are measured, in any order across runs
     but in order within a run; the last step of each run has final=True. A backend that runs requests
-    concurrently interleaves runs. Randomness comes only from each RunSpec's seed.
+    concurrently interleaves runs. Randomness comes only from each RunSpec's seed. `generate` writes free text
+    (stopping at EOS, a stop string, which is not included, or max_tokens), seeded by each GenerateSpec.
     """
 
     name: str
@@ -153,5 +173,9 @@ class Backend(Protocol):
     def describe(self) -> dict: ...
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]: ...
+
+    def generate(self, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]]:
+        """Free text for each spec: yields (index into specs, text) as each finishes (any order over HTTP)."""
+        ...
 
     def close(self) -> None: ...
