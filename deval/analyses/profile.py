@@ -18,7 +18,8 @@ from deval.core.tasks import Task, task_from_dict
 SCHEMA = "deval.profile/1"
 MANIFEST_SCHEMA = "deval.manifest/1"
 COMMANDS = {MANIFEST_SCHEMA: "profile", "deval.sweep-manifest/1": "sweep",
-            "deval.calibration-manifest/1": "calibration", "deval.diversity-manifest/1": "diversity"}
+            "deval.calibration-manifest/1": "calibration", "deval.diversity-manifest/1": "diversity",
+            "deval.recommend-manifest/1": "recommend"}
 
 
 def command_for(manifest: dict) -> str:

@@ -21,6 +21,8 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               default_dir, err, interrupted, out, profile_config, with_given_again)
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
+from deval.cli.recommend import register as register_recommend
+from deval.cli.recommend import render_run as render_recommend_run
 from deval.errors import ConfigError, DevalError
 from deval.analyses.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
 from deval.report.profile import render_profile
@@ -120,7 +122,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     if json_out:
         print(dumps(summary))
         return
-    if render_run(summary, rd.path, out):  # sweep, calibration or diversity run
+    if render_run(summary, rd.path, out) or render_recommend_run(summary, rd.path, out):  # not a profile run
         return
     config = rd.manifest()["config"]
     tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
@@ -165,6 +167,7 @@ def list_backends() -> None:
 
 
 register_dynamics(app)
+register_recommend(app)
 
 from deval.cli.probe import probe_command  # noqa: E402  (the probe command lives in its own module)
 

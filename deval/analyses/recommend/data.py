@@ -138,8 +138,9 @@ def _dat_movies(path: Path) -> tuple[dict[int, Movie], list[str]]:
         if not title:
             raise ConfigError(f"{path}: line {n}: empty title")
         movies[movie_id] = Movie(movie_id, title, genres)
-    notes = [f"{len(inner)} title(s) contain '::' and were read with the id first and the genres last "
-             f"(lines {', '.join(map(str, inner[:5]))}{', ...' if len(inner) > 5 else ''})"] if inner else []
+    where = ", ".join(map(str, inner[:5])) + (", ..." if len(inner) > 5 else "")
+    notes = [f"{path.name}: {len(inner)} title(s) contain '::' and were read with the id first and the genres last "
+             f"(line{'s' if len(inner) > 1 else ''} {where})"] if inner else []
     return movies, notes
 
 
