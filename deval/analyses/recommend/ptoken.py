@@ -69,7 +69,8 @@ def first_slot(cached: CachedModel, context: tuple[int, ...], trie: TitleTrie, h
         if not live.any():
             continue
         if cached.calls - before >= budget:
-            unsure += live * _titles_under(trie, node, memo)
+            inside = path[:len(node)] == node and len(path) > len(node)  # the held-out title itself
+            unsure += live * (_titles_under(trie, node, memo) - inside)
             continue
         rows = _rows(cached, context, node, temps, filters)
         for tok in trie.children.get(node, ()):

@@ -14,7 +14,7 @@ from deval.analyses.recommend import metrics
 from deval.analyses.recommend import ptoken as first_slot
 from deval.analyses.recommend.data import Dataset, load
 from deval.analyses.recommend.protocol import Case, draw_users, eligible_cases, prompt, sample_seed
-from deval.analyses.recommend.titles import Catalogue, display
+from deval.analyses.recommend.titles import Catalogue, display, require_rapidfuzz
 from deval.core.exact import CachedModel
 from deval.core.protocol import GenerateSpec
 from deval.core.sampling import Filters
@@ -134,6 +134,7 @@ def run_recommend(config: RecommendConfig, engine, path: Path, backend: dict,
                   on_record: Callable[[], None] | None = None) -> dict:
     """Generate (or read) every missing sample and P_token record into `path`, then write the summary."""
     path = Path(path)
+    require_rapidfuzz()  # before any generation
     data = load(Path(config.data))
     if config.fingerprint and data.fingerprint != config.fingerprint:
         raise ConfigError(f"the data in {config.data} changed since this run started; restore it or start a new run")

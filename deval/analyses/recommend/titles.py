@@ -14,6 +14,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from deval.errors import ConfigError
+
 ARTICLES = ("the", "a", "an", "les", "la", "le", "l'", "il", "das", "der", "die", "el", "los", "las", "det", "den")
 ENGLISH_ARTICLES = ("the", "a", "an")  # dropped from the front of a key (other languages' are kept: "Die Hard")
 YEAR = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
@@ -81,6 +83,14 @@ def _numbers(k: str) -> tuple[str, ...]:
     return tuple(w for w in k.split() if w.isdigit())
 
 
+def require_rapidfuzz() -> None:
+    """Title matching needs rapidfuzz (the 'recommend' extra); a one-line error naming the fix otherwise."""
+    try:
+        import rapidfuzz  # noqa: F401
+    except ImportError:
+        raise ConfigError("deval recommend matches titles with rapidfuzz: pip install 'deval[recommend]'") from None
+
+
 @dataclass(frozen=True)
 class Match:
     """One recommended title: the text, the catalogue id it matched (None: not in the catalogue) and how."""
@@ -94,6 +104,7 @@ class Catalogue:
     """Catalogue titles indexed by key for matching (every alternative title of a movie is a key too)."""
 
     def __init__(self, titles: dict[int, str], popularity: dict[int, int] | None = None):
+        require_rapidfuzz()
         self.titles = dict(titles)
         self.popularity = popularity or {}
         self.by_key: dict[str, list[tuple[int, int | None]]] = {}
