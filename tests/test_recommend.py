@@ -160,3 +160,13 @@ def test_a_title_with_the_separator_inside_is_read_and_noted(tmp_path):
     assert len(d.notes) == 1 and "line 2" in d.notes[0]
     with pytest.raises(ConfigError, match="line 1: the last field 'Off \\(1997\\)' is not a genre list"):
         data.load(_write(tmp_path / "e", "2::Face::Off (1997)\n", "1::2::4::20\n"))
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    directory = hand.write(tmp_path / "d")
+    config = RecommendConfig(data=str(directory), history=2, k=3,
+                             completions=str(hand.write_completions(tmp_path / "c.jsonl")))
+    config, path = start(config, tmp_path / "run", {"name": "completions"})
+    hand.write(directory, ratings=hand.RATINGS[:-1] + [(2, 4, 4, 300)])
+    with pytest.raises(ConfigError, match="changed since this run started"):
+        run_recommend(config, None, path, {"name": "completions"})

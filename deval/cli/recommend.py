@@ -125,11 +125,12 @@ def recommend(
 def _run(config, engine, path: Path, describe: dict, quiet: bool) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from deval.analyses.recommend.run import run_recommend
+    from deval.analyses.recommend.run import exact_engine, run_recommend
 
     if quiet or not err.is_terminal or engine is None:
         return run_recommend(config, engine, path, describe)
-    total = config.users * (config.samples * len(config.temperatures) + (1 if config.ptoken else 0))
+    ptoken = config.ptoken and exact_engine(engine)
+    total = config.users * (config.samples * len(config.temperatures) + ptoken)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=True) as progress:
         bar = progress.add_task("recommending", total=total)

@@ -115,9 +115,15 @@ class Catalogue:
                 if k:
                     self.by_key.setdefault(k, []).append((movie, year))
         self.keys = list(self.by_key)
+        self._memo: dict[str, Match] = {}  # answers repeat titles often; fuzzy search is the costly part
 
     def match(self, text: str) -> Match:
         """The catalogue movie a recommended title names, or why none."""
+        if text not in self._memo:
+            self._memo[text] = self._match(text)
+        return self._memo[text]
+
+    def _match(self, text: str) -> Match:
         body, year = split_year(text.strip().strip("\"'“”*_ ").strip())
         k = key(body.strip("\"'“”*_ "))
         if not k:
