@@ -115,7 +115,7 @@ def test_a_completions_user_without_enough_history(tmp_path):
 def test_embedded_model_on_the_fixture(tmp_path):
     out = tmp_path / "run"
     summary = run_json("recommend", "--data", str(FIXTURES / "movielens-small-csv"), "--users", "2", "--samples",
-                       "1", "--k", "3", "--max-tokens", "16", "--temperatures", "1", "--ptoken-budget", "4",
+                       "1", "--history", "3", "--k", "3", "--max-tokens", "16", "--temperatures", "1", "--ptoken-budget", "4",
                        "--threads", "2", "--out", str(out), timeout=900)
     (g,) = summary["groups"]
     assert g["samples"] == 2 and g["users"] == 2

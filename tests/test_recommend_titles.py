@@ -73,3 +73,6 @@ def test_parse_list_markers_descriptions_and_cut():
     assert parse_list("The Matrix\nAlien\n", 5) == (["The Matrix", "Alien"], 0)  # no markers: every line
     assert parse_list("", 5) == ([], 0)
     assert parse_list("Movies:\nBig", 5) == (["Big"], 0)  # a heading line is not a title
+    # an answer cut off by max_tokens inside the last year keeps the title
+    assert parse_list("1. Big (1988)\n2. Unforgiven (1992", 5)[0] == ["Big (1988)", "Unforgiven (1992)"]
+    assert parse_list("1. Big (1988)\n2. Rear Window (19", 5)[0] == ["Big (1988)", "Rear Window"]

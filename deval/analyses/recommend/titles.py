@@ -168,7 +168,8 @@ def parse_list(text: str, k: int) -> tuple[list[str], int]:
 
     Our reconstruction: when some lines carry list markers ('1.', '2)', '-', '*'), only those lines are titles;
     otherwise every non-empty line is. A title is cut after its year '(1999)' when it has one (dropping a
-    description after it); headings ending in ':' are not titles.
+    description after it); a year cut off by max_tokens ('(1999', '(19') is completed or dropped; headings ending
+    in ':' are not titles.
     """
     lines = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
     marked = [line for line in lines if LIST_MARKER.match(line)]
@@ -177,8 +178,12 @@ def parse_list(text: str, k: int) -> tuple[list[str], int]:
     for line in chosen:
         line = LIST_MARKER.sub("", line, count=1).replace("**", "").replace("__", "").strip()
         m = re.search(r"\(\d{4}\)", line)
+        dangling = re.search(r"\s*\((\d{0,4})$", line)  # an answer cut off by max_tokens inside the year
         if m:
             line = line[:m.end()]
+        elif dangling:
+            year = dangling.group(1)
+            line = line[:dangling.start()] + (f" ({year})" if len(year) == 4 else "")
         elif line.endswith(":"):
             continue
         line = line.strip(" \"'“”.,;").strip()
