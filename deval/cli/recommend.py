@@ -69,7 +69,7 @@ def recommend(
     no_probe: NoProbeOpt = False,
 ) -> None:
     """Next-item recommendation on MovieLens data: hit@K, can-hit, hallucination, repeat, diversity, popularity."""
-    from deval.analyses.recommend.run import RecommendConfig, load_config, run_recommend, start
+    from deval.analyses.recommend.run import RecommendConfig, load_config, start
     from deval.report.recommend import render_recommend
     from deval.runs.store import dumps
 
