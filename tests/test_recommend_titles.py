@@ -29,6 +29,7 @@ def catalogue():
     ("Psycho (1998)", 7), ("Psycho (1960)", 6), ("Psycho", 6),  # no year: the more rated of two remakes
     ("Aliens", 5), ("Alien", 4), ("Big", 14),
     ("The Matrix (2000)", 1),  # a year one off still matches (YEAR_SLACK)
+    ("Rocky II: 1979", 8), ("Big, 1988", 14),  # a year after a colon or comma
 ])
 def test_matches(catalogue, text, movie):
     assert catalogue.match(text).movie == movie, text
@@ -59,6 +60,8 @@ def test_display_and_keys():
     assert display("Bug's Life, A (1998)") == "A Bug's Life (1998)"
     assert split_year("Toy Story (1995)") == ("Toy Story", 1995)
     assert split_year("No Year Here") == ("No Year Here", None)
+    assert split_year("Rocky II: 1979") == ("Rocky II", 1979)
+    assert split_year("Blade Runner 2049") == ("Blade Runner 2049", None)
     assert key("The Matrix") == key("Matrix, The") == key("matrix") == "matrix"
     assert key("Amélie") == key("AMELIE")
     assert key("Rocky II") == key("Rocky 2")

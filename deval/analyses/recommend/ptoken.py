@@ -5,12 +5,13 @@ Our reconstruction (docs/recommend.md): the answer is taken to open with FIRST_S
 display form with a leading space (" The Matrix (1999)"), one tokenisation (the tokenizer's own); the title's
 probability is the product of its tokens' sampling probabilities (temperature and filters applied) with no end
 marker required. The rank counts catalogue titles with a strictly higher probability, found by a walk down the
-catalogue's token trie that skips every prefix already no likelier than the held-out title (such a prefix can
-hold no likelier title). When the walk runs out of its forward-pass budget, the rank is an interval.
+catalogue's token trie, likeliest prefix first, that skips every prefix already no likelier than the held-out
+title (such a prefix can hold no likelier title). When the walk runs out of its forward-pass budget, the rank is an interval.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,9 +63,10 @@ def first_slot(cached: CachedModel, context: tuple[int, ...], trie: TitleTrie, h
     above = np.zeros(len(temps), dtype=int)  # titles certainly likelier
     unsure = np.zeros(len(temps), dtype=int)  # titles under prefixes the budget left unexplored
     memo: dict[tuple[int, ...], int] = {}
-    stack = [((), np.zeros(len(temps)))]
-    while stack:
-        node, lp = stack.pop()
+    heap = [(-0.0, 0, (), np.zeros(len(temps)))]  # likeliest prefix first: the budget goes where ranks are decided
+    pushed = 1
+    while heap:
+        _, _, node, lp = heapq.heappop(heap)
         live = lp > target
         if not live.any():
             continue
@@ -80,10 +82,12 @@ def first_slot(cached: CachedModel, context: tuple[int, ...], trie: TitleTrie, h
                 if m != held_out:
                     above += child_lp > target
             if child in trie.children:
-                stack.append((child, child_lp))
+                heapq.heappush(heap, (-float(child_lp.max()), pushed, child, child_lp))
+                pushed += 1
     passes = cached.calls - before
-    return [{"temperature": t, "logprob": float(target[j]) if np.isfinite(target[j]) else None, "rank": int(above[j]) + 1,
-             "rank_hi": int(above[j] + unsure[j]) + 1, "passes": passes} for j, t in enumerate(temps)]
+    return [{"temperature": t, "logprob": float(target[j]) if np.isfinite(target[j]) else None,
+             "rank": int(above[j]) + 1, "rank_hi": int(above[j] + unsure[j]) + 1, "passes": passes}
+            for j, t in enumerate(temps)]
 
 
 def _titles_under(trie: TitleTrie, node: tuple[int, ...], memo: dict) -> int:

@@ -19,6 +19,7 @@ from deval.errors import ConfigError
 ARTICLES = ("the", "a", "an", "les", "la", "le", "l'", "il", "das", "der", "die", "el", "los", "las", "det", "den")
 ENGLISH_ARTICLES = ("the", "a", "an")  # dropped from the front of a key (other languages' are kept: "Die Hard")
 YEAR = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
+LOOSE_YEAR = re.compile(r"\s*[:,\-–]\s*(\d{4})\s*$")
 TRAILING_ARTICLE = re.compile(r",\s*(" + "|".join(re.escape(a) for a in ARTICLES) + r")\s*$", re.IGNORECASE)
 LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}\s*[.):\]]|[-*•·]|#\d{1,3}|\(\d{1,3}\))\s*")
 ROMAN = {r: str(i) for i, r in enumerate(
@@ -35,9 +36,10 @@ def _fold(text: str) -> str:
 
 
 def split_year(title: str) -> tuple[str, int | None]:
-    """'Matrix, The (1999)' -> ('Matrix, The', 1999); no trailing year -> (title, None)."""
-    m = YEAR.search(title)
-    if not m:
+    """'Matrix, The (1999)' -> ('Matrix, The', 1999); also 'Rocky II: 1979' or 'Heat - 1995' (a year after a
+    colon, comma or dash); no trailing year -> (title, None)."""
+    m = YEAR.search(title) or LOOSE_YEAR.search(title)
+    if not m or not 1880 <= int(m.group(1)) <= 2100:
         return title.strip(), None
     return title[:m.start()].strip(), int(m.group(1))
 
