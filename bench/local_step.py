@@ -77,7 +77,7 @@ def main() -> None:
     specs = [RunSpec(task=task, run=r, seed=run_seed(0, task.name, r), mode="sequence", steps=args.steps)
              for r in range(args.runs)]
     backend = LocalBackend(threads=args.threads, gpu_layers=args.gpu_layers)
-    kwargs = dict(n_ctx=backend.n_ctx, n_threads=args.threads,
+    kwargs = dict(n_ctx=backend.n_ctx, threads=args.threads,
                   n_gpu_layers=backend.gpu_layers, verbose=False)
     bare, full = open_llama(backend.model, **kwargs), open_llama(backend.model, logits_all=True, **kwargs)
     prompt = backend.prompt_tokens(specs[0].prompt)

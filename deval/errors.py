@@ -15,3 +15,11 @@ class BackendUnavailable(DevalError):
 
 class BackendError(DevalError):
     """A backend failed in a way that retrying will not fix."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: `path` holds every finished record, so the run can be resumed from it."""
+
+    def __init__(self, path):
+        super().__init__(f"interrupted: every finished record is in {path}")
+        self.path = path

@@ -112,7 +112,7 @@ def test_profile_a_real_server_in_sequence_mode(server, tmp_path):
 def exact_first_token(path, prompt, items):
     from deval.backends.local import open_llama
 
-    llm = open_llama(path, n_ctx=1024, logits_all=True, verbose=False, n_threads=1)
+    llm = open_llama(path, threads=1, n_ctx=1024, logits_all=True, verbose=False)
     out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=1, logprobs=True,
                                      top_logprobs=50, temperature=0.0, seed=0)
     top = out["choices"][0]["logprobs"]["content"][0]["top_logprobs"]

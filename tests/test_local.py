@@ -120,7 +120,7 @@ def test_profile_run_files_on_the_real_model(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["backend"] == "local" and summary["model"].endswith(".gguf")
     assert summary["verdict"]["type"] in ("D", "E", "undetermined") and summary["verdict"]["reason"]
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary.pop("run_dir") == str(out) and json.loads((out / "summary.json").read_text()) == summary
     records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert len(records) == 8
     assert all(0.0 <= r["on_set_mass"] <= 1.0 + 1e-9 for r in records)
@@ -215,3 +215,24 @@ def test_item_sampler_draws_items_with_their_probabilities(backend):
     wanted = np.append(expected[big], expected[~big].sum())
     keep = wanted > 0
     assert stats.chisquare(observed[keep], wanted[keep] * observed.sum() / wanted[keep].sum()).pvalue > 1e-3
+
+
+def test_threads_set_the_batch_threads_too_and_waits_are_passive():
+    from deval.backends.local import LocalBackend
+
+    local = LocalBackend(threads=1, ctx=256)
+    try:
+        params = local.llm.context_params
+        assert (params.n_threads, params.n_threads_batch) == (1, 1)
+    finally:
+        local.close()
+    import os
+    import subprocess
+    import sys
+
+    code = "import deval.backends.local, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                            capture_output=True, text=True, check=True)
+    assert (unset.stdout.strip(), chosen.stdout.strip()) == ("PASSIVE", "ACTIVE")  # the user's choice wins

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclasses_replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -11,20 +13,15 @@ import numpy as np
 from deval.version import __version__
 from deval.core.protocol import Backend, Filters, RunSpec, Step, run_seed
 from deval.backends.urls import redact
-from deval.runs.store import RunDir
+from deval.analyses.result import MANIFEST_COMMANDS, Result, command_for  # noqa: F401  (command_for: public here)
+from deval.errors import ConfigError, RunInterrupted
+from deval.runs.store import RunDir, default_run_dir
 from deval.core.summary import summarise_task, verdict
 from deval.core.tasks import Task, task_from_dict
 
 SCHEMA = "deval.profile/1"
 MANIFEST_SCHEMA = "deval.manifest/1"
-COMMANDS = {MANIFEST_SCHEMA: "profile", "deval.sweep-manifest/1": "sweep",
-            "deval.calibration-manifest/1": "calibration", "deval.diversity-manifest/1": "diversity",
-            "deval.recommend-manifest/1": "recommend"}
-
-
-def command_for(manifest: dict) -> str:
-    """The deval command that wrote a run directory, from its manifest's schema."""
-    return COMMANDS.get(manifest.get("schema"), "profile")
+COMMANDS = MANIFEST_COMMANDS
 
 
 @dataclass(frozen=True)
@@ -111,3 +108,48 @@ def summarise(config: ProfileConfig, steps: list[Step]) -> dict:
         "runs": config.runs, "seed": config.seed, "mode": config.mode, "filters": config.filters.to_dict(),
         "tasks": tasks, "verdict": verdict(tasks, config.temperature),
     }
+
+
+Progress = Callable[[int, int], None]  # (records done, records in all): called at the start and after each record
+
+
+def load_config(path: Path) -> ProfileConfig:
+    """The config stored in a profile run directory (to resume it); a one-line error for another kind of run."""
+    stored = RunDir.open(path).manifest()
+    if stored.get("schema") != MANIFEST_SCHEMA:
+        raise ConfigError(f"{path} is not a profile run ({stored.get('schema')}); resume it with "
+                          f"deval {command_for(stored)} --resume {path}")
+    return ProfileConfig.from_dict(stored["config"])
+
+
+def execute(config: ProfileConfig, out: Path | None = None, resume: Path | None = None,
+            progress: Progress | None = None) -> Result:
+    """Open the backend, create (or, with `resume`, reopen) the run directory, measure, close: the whole profile.
+
+    With `resume`, `config` is the run's stored one (load_config). Ctrl-C raises RunInterrupted(path)."""
+    from deval import backends as registry
+
+    engine = registry.create(config.backend, config.model or None, **dict(config.backend_options))
+    try:
+        if resume is not None:
+            run_dir = RunDir.open(resume)
+        else:
+            config = dataclasses_replace(config, model=engine.model)
+            run_dir = RunDir.create(out or default_run_dir("", engine.model or config.backend),
+                                    manifest(config, engine))
+        total = sum((config.steps or t.steps) * config.runs for t in config.tasks)
+        on_step = lambda step: None  # noqa: E731
+        if progress is not None:
+            done = [min(len(run_dir.completed_steps()), total)]  # a resumed run starts part-way
+            progress(done[0], total)
+
+            def on_step(step):
+                done[0] += 1
+                progress(done[0], total)
+        try:
+            summary = run_profile(config, engine, run_dir, on_step=on_step)
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir.path) from None
+    finally:
+        engine.close()
+    return Result(summary, run_dir.path)

@@ -12,10 +12,12 @@ import numpy as np
 from deval.core import metrics
 from deval.core.protocol import Backend, Step, TrieLogprobs
 from deval.errors import ConfigError
-from deval.analyses.profile import ProfileConfig, manifest, run_profile
+from deval.analyses.profile import Progress, ProfileConfig, manifest, run_profile
+from deval.analyses.result import Result
+from deval.errors import RunInterrupted
 from deval.core.sampling import logsumexp
 from deval.core.trie import chain_rule
-from deval.runs.store import MANIFEST, SUMMARY, RunDir, create_run_dir, dump_json, read_json
+from deval.runs.store import MANIFEST, SUMMARY, RunDir, create_run_dir, default_run_dir, dump_json, read_json
 from deval.core.summary import TaskArrays, bootstrap_stat
 
 SCHEMA = "deval.sweep/1"
@@ -101,6 +103,40 @@ def run_sweep(config: SweepConfig, backend: Backend, path: Path,
     summary = summarise_sweep(config, per_temperature)
     dump_json(path / SUMMARY, summary)
     return summary
+
+
+def execute(config: SweepConfig, out: Path | None = None, resume: Path | None = None,
+            progress: Progress | None = None) -> Result:
+    """Open the backend, create (or, with `resume`, reopen) the sweep directory, profile every temperature, close.
+
+    With `resume`, `config` is the sweep's stored one (load_sweep_config). Ctrl-C raises RunInterrupted(path)."""
+    from deval import backends as registry
+
+    base = config.base
+    engine = registry.create(base.backend, base.model or None, **dict(base.backend_options))
+    try:
+        if resume is not None:
+            path = Path(resume)
+        else:
+            config = dataclasses.replace(config, base=dataclasses.replace(base, model=engine.model))
+            path = create_sweep_dir(out or default_run_dir("sweep", engine.model), config, engine)
+        on_step = lambda t, step: None  # noqa: E731
+        if progress is not None:
+            total = len(config.temperatures) * sum((base.steps or t.steps) * base.runs for t in base.tasks)
+            subs = [path / temperature_dir(t) for t in config.temperatures]
+            done = [sum(len(RunDir(sub).completed_steps()) for sub in subs if (sub / MANIFEST).exists())]
+            progress(min(done[0], total), total)
+
+            def on_step(t, step):
+                done[0] += 1
+                progress(min(done[0], total), total)
+        try:
+            summary = run_sweep(config, engine, path, on_step=on_step)
+        except KeyboardInterrupt:
+            raise RunInterrupted(path) from None
+    finally:
+        engine.close()
+    return Result(summary, path)
 
 
 def derived_p_token(item_logprobs: list, temperature: float) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from deval.analyses import calibration
 from deval.analyses import diversity
@@ -88,7 +89,8 @@ def load_calibration_config(path: Path) -> CalibrationConfig:
     return CalibrationConfig.from_dict(load_manifest(path, CALIBRATION_MANIFEST, "calibration")["config"])
 
 
-def run_calibration(config: CalibrationConfig, model: ExactModel, path: Path, backend: dict) -> dict:
+def run_calibration(config: CalibrationConfig, model: ExactModel, path: Path, backend: dict,
+                    on_record: Callable[[], None] = lambda: None) -> dict:
     """Calibrate every task into `path`, finishing what it lacks; node and sample records are appended as they
     arrive (nodes.jsonl, samples.jsonl), then summary.json is written."""
     path = Path(path)
@@ -107,6 +109,7 @@ def run_calibration(config: CalibrationConfig, model: ExactModel, path: Path, ba
                                               skip=frozenset(tuple(r["tokens"]) for r in nodes)):
                 node_log.append(r)
                 nodes.append(r)
+                on_record()
             labels = {r.label for r in rules}
             drawn = [r for r in done_samples if r["task"] == task.name and r["rule"] in labels
                      and r["index"] < config.samples]
@@ -114,6 +117,7 @@ def run_calibration(config: CalibrationConfig, model: ExactModel, path: Path, ba
                                                 skip=frozenset((r["rule"], r["index"]) for r in drawn)):
                 sample_log.append(r)
                 drawn.append(r)
+                on_record()
             tasks[task.name] = calibration.summarise(task, nodes, drawn, rules)
     finally:
         node_log.close()
@@ -164,7 +168,8 @@ def load_diversity_config(path: Path) -> DiversityConfig:
     return DiversityConfig.from_dict(load_manifest(path, DIVERSITY_MANIFEST, "diversity")["config"])
 
 
-def run_diversity(config: DiversityConfig, models: dict[str, ExactModel], path: Path, backends: dict) -> dict:
+def run_diversity(config: DiversityConfig, models: dict[str, ExactModel], path: Path, backends: dict,
+                  on_record: Callable[[], None] = lambda: None) -> dict:
     """Distinct-valid curves for each model (sample i shares its generator across models) into `path`, finishing
     what it lacks; sample and exact records are appended as they arrive, then summary.json is written."""
     path = Path(path)
@@ -182,10 +187,12 @@ def run_diversity(config: DiversityConfig, models: dict[str, ExactModel], path: 
                                               skip=frozenset(r["index"] for r in drawn)):
                 sample_log.append(r)
                 drawn.append(r)
+                on_record()
             exact = next((r for r in done_exact if r["model"] == label), None)
             if exact is None:
                 exact = diversity.exact_record(session, rule, config.temperature, label)
                 exact_log.append(exact)
+            on_record()
             out[label] = diversity.summarise(config.task, drawn, exact)
     finally:
         sample_log.close()

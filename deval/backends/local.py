@@ -9,15 +9,20 @@ same batch.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import llama_cpp
-import llama_cpp.llama_cpp as llama_lib
-import numpy as np
-from llama_cpp import Llama, llama_chat_format
+# llama.cpp's OpenMP threads spin while they wait; on a busy machine a 2-token decode then took seconds instead of
+# milliseconds. A passive wait policy (unless the user chose one) must be set before libgomp loads with llama_cpp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import llama_cpp  # noqa: E402
+import llama_cpp.llama_cpp as llama_lib  # noqa: E402
+import numpy as np  # noqa: E402
+from llama_cpp import Llama, llama_chat_format  # noqa: E402
 
 from deval.core.protocol import GenerateSpec, RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, BackendUnavailable, ConfigError
@@ -65,10 +70,23 @@ def plain_cpu_kernels():
         llama_lib.llama_model_default_params = default
 
 
-def open_llama(path: Path, **kwargs) -> Llama:
-    """A llama-cpp-python Llama on the plain CPU kernels (see plain_cpu_kernels); kwargs go to Llama()."""
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), not every CPU of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def open_llama(path: Path, threads: int | None = None, **kwargs) -> Llama:
+    """A llama-cpp-python Llama on the plain CPU kernels (see plain_cpu_kernels); kwargs go to Llama().
+
+    `threads` sets both n_threads and n_threads_batch: every deval decode has more than one token, so llama.cpp
+    uses n_threads_batch, which would otherwise stay at the machine's CPU count.
+    """
+    n = threads or usable_cpus()
     with plain_cpu_kernels():
-        return Llama(model_path=str(path), **kwargs)
+        return Llama(model_path=str(path), n_threads=n, n_threads_batch=n, **kwargs)
 
 
 def check_model_file(path: Path) -> Path:
@@ -97,7 +115,7 @@ class LocalBackend:
         self.gpu_layers = gpu_layers if gpu_layers is not None else (-1 if self.gpu_offload else 0)
         self.raw_prompt = raw_prompt
         try:
-            self.llm = open_llama(path, n_gpu_layers=self.gpu_layers, n_threads=threads,
+            self.llm = open_llama(path, threads=threads, n_gpu_layers=self.gpu_layers,
                              n_ctx=ctx or 2048, logits_all=False, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"llama.cpp could not load {path} ({exc}); check that the GGUF is complete "

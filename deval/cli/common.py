@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -133,6 +133,28 @@ def with_given_again(config: ProfileConfig, base_url: str | None, api_key_env: s
 
 
 def default_dir(kind: str, model: str) -> Path:
-    name = Path(model).stem if model else "model"
-    prefix = f"{kind}-" if kind else ""
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}{name}"
+    from deval.runs.store import default_run_dir
+
+    return default_run_dir(kind, model)
+
+
+def json_summary(result) -> dict:
+    """What --json prints: the run's summary and, under "run_dir", the directory that holds its files."""
+    return {**result.summary, "run_dir": str(result.path)}
+
+
+@contextmanager
+def progress_bar(what: str, quiet: bool = False):
+    """A progress callback (done, total) drawing a bar with elapsed time and ETA on a terminal's stderr; None when
+    quiet or when stderr is not a terminal (logs and pipes get no bar)."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as bars:
+        bar = bars.add_task(what, total=None)
+        yield lambda done, total: bars.update(bar, completed=done, total=total)

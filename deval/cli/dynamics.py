@@ -8,16 +8,15 @@ from typing import List, Optional
 
 import typer
 
-from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
-                              backend_options, check_local, check_range, default_dir, filters_from, interrupted, out,
-                              profile_config,
-                              with_given_again)
-from deval.errors import ConfigError
+                              backend_options, check_local, check_range, filters_from, interrupted, json_summary, out,
+                              profile_config, progress_bar, with_given_again)
+from deval.errors import ConfigError, RunInterrupted
+from deval.jsonio import dumps
 
 
 def sweep(
@@ -54,32 +53,23 @@ def sweep(
     no_probe: NoProbeOpt = False,
 ) -> None:
     """Profile at several temperatures: e-score, ATVD, result TVD against T, measured and derived."""
+    from deval.analyses.sweep import SweepConfig, execute, load_sweep_config, parse_temperatures
     from deval.report.dynamics import render_sweep
-    from deval.runs.store import dumps
-    from deval.analyses.sweep import SweepConfig, create_sweep_dir, load_sweep_config, parse_temperatures, run_sweep
 
     if resume is not None:
         config = load_sweep_config(resume)
         config = replace(config, base=with_given_again(config.base, base_url, api_key_env))
-        path = Path(resume)
     else:
         config = SweepConfig(base=profile_config(locals()), temperatures=parse_temperatures(temperatures))
-        path = None
-    engine = registry.create(config.base.backend, config.base.model or None, **dict(config.base.backend_options))
     try:
-        if path is None:
-            config = replace(config, base=replace(config.base, model=engine.model))
-            path = create_sweep_dir(out_dir or default_dir("sweep", engine.model), config, engine)
-        try:
-            summary = run_sweep(config, engine, path)
-        except KeyboardInterrupt:
-            raise interrupted("sweep", path) from None
-    finally:
-        engine.close()
+        with progress_bar("sweeping", quiet=json_out) as bar:
+            result = execute(config, out=out_dir, resume=resume, progress=bar)
+    except RunInterrupted as exc:
+        raise interrupted("sweep", exc.path) from None
     if json_out:
-        print(dumps(summary))
+        print(dumps(json_summary(result)))
     else:
-        render_sweep(summary, console=out, where=str(path))
+        render_sweep(result.summary, console=out, where=str(result.path))
 
 
 def _floats(text: str, name: str, lo: float, hi: float, integer: bool = False) -> tuple:
@@ -92,18 +82,6 @@ def _floats(text: str, name: str, lo: float, hi: float, integer: bool = False) -
         if not lo <= v <= hi:
             raise ConfigError(f"{name}: {v} is outside [{lo:g}, {hi:g}]")
     return tuple(values)
-
-
-def _exact_backend(backend: str, model: Optional[str], options: dict):
-    from deval.analyses.validity_runs import require_exact, require_exact_class
-
-    require_exact_class(registry.backend_class(backend), backend)  # before an inexact backend asks for a key
-    engine = registry.create(backend, model, **options)
-    try:
-        return require_exact(engine, backend)
-    except ConfigError:
-        engine.close()
-        raise
 
 
 def calibration(
@@ -125,44 +103,20 @@ def calibration(
     raw_prompt: RawPromptOpt = False,
 ) -> None:
     """Order and shape calibration on a task with a known valid set: cutoff rules against the oracle."""
-    from deval.analyses.calibration import rule_grid
+    from deval.analyses.validity_execute import execute_calibration
+    from deval.analyses.validity_runs import load_calibration_config
     from deval.report.dynamics import render_calibration
-    from deval.runs.store import create_run_dir, dumps
-    from deval.analyses.validity_runs import CalibrationConfig, calibration_manifest, load_calibration_config, run_calibration
-    from deval.core.validsets import get_valid_set
 
-    if resume is not None:
-        config = load_calibration_config(resume)
-    else:
-        check_range("--samples", samples, lo=1)
-        check_range("--temperature", temperature, lo=0, lo_open=True)
-        check_local(None, threads, gpu_layers)
-        filters_from(None, None, None, filter_order)  # checks the order
-        rules = rule_grid(_floats(top_ks, "--top-ks", 1, 10**7, integer=True), _floats(top_ps, "--top-ps", 1e-9, 1),
-                          _floats(min_ps, "--min-ps", 0, 1), order=filter_order)
-        tasks = tuple(get_valid_set(ref) for ref in dict.fromkeys(task))
-        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
-        config = CalibrationConfig(tasks=tasks, rules=tuple(rules), samples=samples, temperature=temperature,
-                                   seed=seed, filter_order=filter_order, backend=backend, model=model or "",
-                                   backend_options=tuple(sorted(options.items())))
-    engine = _exact_backend(config.backend, config.model or None, dict(config.backend_options))
+    config = load_calibration_config(resume) if resume is not None else calibration_config(locals())
     try:
-        if resume is None:
-            config = replace(config, model=engine.model)
-            path = create_run_dir(out_dir or default_dir("calibration", engine.model),
-                                  calibration_manifest(config, engine.describe()))
-        else:
-            path = Path(resume)
-        try:
-            summary = run_calibration(config, engine, path, engine.describe())
-        except KeyboardInterrupt:
-            raise interrupted("calibration", path) from None
-    finally:
-        engine.close()
+        with progress_bar("calibrating", quiet=json_out) as bar:
+            result = execute_calibration(config, out=out_dir, resume=resume, progress=bar)
+    except RunInterrupted as exc:
+        raise interrupted("calibration", exc.path) from None
     if json_out:
-        print(dumps(summary))
+        print(dumps(json_summary(result)))
     else:
-        render_calibration(summary, console=out, where=str(path))
+        render_calibration(result.summary, console=out, where=str(result.path))
 
 
 def diversity(
@@ -185,49 +139,56 @@ def diversity(
     raw_prompt: RawPromptOpt = False,
 ) -> None:
     """Distinct valid outputs against samples drawn, next to the ideal uniform sampler's curve."""
+    from deval.analyses.validity_execute import execute_diversity
+    from deval.analyses.validity_runs import load_diversity_config
     from deval.report.dynamics import render_diversity
-    from deval.runs.store import create_run_dir, dumps
-    from deval.analyses.validity_runs import DiversityConfig, diversity_manifest, load_diversity_config, run_diversity
+
+    config = load_diversity_config(resume) if resume is not None else diversity_config(locals())
+    try:
+        with progress_bar("sampling", quiet=json_out) as bar:
+            result = execute_diversity(config, models=[model, *compare], out=out_dir, resume=resume, progress=bar)
+    except RunInterrupted as exc:
+        raise interrupted("diversity", exc.path) from None
+    if json_out:
+        print(dumps(json_summary(result)))
+    else:
+        render_diversity(result.summary, console=out, where=str(result.path))
+
+
+def calibration_config(o: dict):
+    """Validate the calibration options (the command's locals()) and build its CalibrationConfig."""
+    from deval.analyses.calibration import rule_grid
+    from deval.analyses.validity_runs import CalibrationConfig
     from deval.core.validsets import get_valid_set
 
-    if resume is not None:
-        config = load_diversity_config(resume)
-        refs = [(label, ref) for label, ref in config.models]
-    else:
-        check_range("--samples", samples, lo=1)
-        check_range("--temperature", temperature, lo=0, lo_open=True)
-        check_local(None, threads, gpu_layers)
-        options = backend_options(backend, gpu_layers=gpu_layers, threads=threads, raw_prompt=raw_prompt)
-        config = DiversityConfig(task=get_valid_set(task), samples=samples, temperature=temperature, seed=seed,
-                                 filters=filters_from(top_k, top_p, min_p, filter_order), backend=backend,
-                                 backend_options=tuple(sorted(options.items())))
-        refs = [(None, ref) for ref in [model, *compare]]
-    engines = {}
-    try:
-        for label, ref in refs:
-            engine = _exact_backend(config.backend, ref or None, dict(config.backend_options))
-            if label is None:
-                label = Path(engine.model).stem if engine.model else (ref or config.backend)
-                while label in engines:
-                    label += "'"
-            engines[label] = engine
-        if resume is None:
-            config = replace(config, models=tuple((label, e.model) for label, e in engines.items()))
-            path = create_run_dir(out_dir or default_dir("diversity", next(iter(engines.values())).model),
-                                  diversity_manifest(config, {k: e.describe() for k, e in engines.items()}))
-        else:
-            path = Path(resume)
-        try:
-            summary = run_diversity(config, engines, path, {k: e.describe() for k, e in engines.items()})
-        except KeyboardInterrupt:
-            raise interrupted("diversity", path) from None
-    finally:
-        for engine in engines.values():
-            engine.close()
-    if json_out:
-        print(dumps(summary))
-    else:
-        render_diversity(summary, console=out, where=str(path))
+    check_range("--samples", o["samples"], lo=1)
+    check_range("--temperature", o["temperature"], lo=0, lo_open=True)
+    check_local(None, o["threads"], o["gpu_layers"])
+    filters_from(None, None, None, o["filter_order"])  # checks the order
+    rules = rule_grid(_floats(o["top_ks"], "--top-ks", 1, 10**7, integer=True),
+                      _floats(o["top_ps"], "--top-ps", 1e-9, 1), _floats(o["min_ps"], "--min-ps", 0, 1),
+                      order=o["filter_order"])
+    tasks = tuple(get_valid_set(ref) for ref in dict.fromkeys(o["task"]))
+    options = backend_options(o["backend"], gpu_layers=o["gpu_layers"], threads=o["threads"],
+                              raw_prompt=o["raw_prompt"])
+    return CalibrationConfig(tasks=tasks, rules=tuple(rules), samples=o["samples"], temperature=o["temperature"],
+                             seed=o["seed"], filter_order=o["filter_order"], backend=o["backend"],
+                             model=o["model"] or "", backend_options=tuple(sorted(options.items())))
+
+
+def diversity_config(o: dict):
+    """Validate the diversity options (the command's locals()) and build its DiversityConfig."""
+    from deval.analyses.validity_runs import DiversityConfig
+    from deval.core.validsets import get_valid_set
+
+    check_range("--samples", o["samples"], lo=1)
+    check_range("--temperature", o["temperature"], lo=0, lo_open=True)
+    check_local(None, o["threads"], o["gpu_layers"])
+    options = backend_options(o["backend"], gpu_layers=o["gpu_layers"], threads=o["threads"],
+                              raw_prompt=o["raw_prompt"])
+    return DiversityConfig(task=get_valid_set(o["task"]), samples=o["samples"], temperature=o["temperature"],
+                           seed=o["seed"], filters=filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"]),
+                           backend=o["backend"], backend_options=tuple(sorted(options.items())))
 
 
 def render_run(summary: dict, path: Path, console) -> bool:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deval import backends as registry
@@ -18,21 +16,36 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
-                              default_dir, err, interrupted, out, profile_config, with_given_again)
+                              err, interrupted, json_summary, out, profile_config, progress_bar,
+                              with_given_again)
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
 from deval.cli.recommend import register as register_recommend
 from deval.cli.recommend import render_run as render_recommend_run
-from deval.errors import ConfigError, DevalError
-from deval.analyses.profile import MANIFEST_SCHEMA, ProfileConfig, command_for, manifest, run_profile
+from deval.errors import DevalError, RunInterrupted
+from deval.analyses.profile import execute, load_config
 from deval.report.profile import render_profile
 from deval.runs.store import RunDir, dumps
-from deval.core.tasks import TaskCatalog, builtin_tasks_dir, task_from_dict
+from deval.core.tasks import TaskCatalog, builtin_tasks_dir
 from deval.core.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Profile how a language model samples: P_token against P_task, D-model or E-model.")
 VALID_SET_PREVIEW = 6  # members shown per valid-set task in 'deval tasks'
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from deval.version import __version__
+
+        print(f"deval {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Profile how a language model samples: P_token against P_task, D-model or E-model."""
 
 
 @app.command()
@@ -71,63 +84,53 @@ def profile(
 ) -> None:
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
     if resume is not None:
-        run_dir = RunDir.open(resume)
-        stored = run_dir.manifest()
-        if stored.get("schema") != MANIFEST_SCHEMA:
-            raise ConfigError(f"{resume} is not a profile run ({stored.get('schema')}); resume it with "
-                              f"deval {command_for(stored)} --resume {resume}")
-        config = with_given_again(ProfileConfig.from_dict(stored["config"]), base_url, api_key_env)
+        config = with_given_again(load_config(resume), base_url, api_key_env)
     else:
         config = profile_config(locals(), temperature)
-        run_dir = None
-    engine = registry.create(config.backend, config.model or None, **dict(config.backend_options))
     try:
-        if run_dir is None:
-            config = replace(config, model=engine.model)
-            run_dir = RunDir.create(out_dir or default_dir("", engine.model or config.backend),
-                                    manifest(config, engine))
-        try:
-            summary = _run_with_progress(config, engine, run_dir, quiet=json_out)
-        except KeyboardInterrupt:
-            raise interrupted("profile", run_dir.path) from None
-    finally:
-        engine.close()
+        with progress_bar("measuring", quiet=json_out) as bar:
+            result = execute(config, out=out_dir, resume=resume, progress=bar)
+    except RunInterrupted as exc:
+        raise interrupted("profile", exc.path) from None
     if json_out:
-        print(dumps(summary))
+        print(dumps(json_summary(result)))
     else:
-        render_profile(summary, {t.name: t for t in config.tasks}, run_dir.steps(), console=out,
-                       where=str(run_dir.path))
-
-
-def _run_with_progress(config: ProfileConfig, engine, run_dir: RunDir, quiet: bool) -> dict:
-    total = sum((config.steps or t.steps) * config.runs for t in config.tasks)
-    if quiet or not err.is_terminal:
-        return run_profile(config, engine, run_dir)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=err, transient=True) as progress:
-        done = len(run_dir.completed_steps())  # a resumed run starts part-way
-        bar = progress.add_task(f"measuring {Path(engine.model).name}", total=total, completed=min(done, total))
-        return run_profile(config, engine, run_dir, on_step=lambda step: progress.advance(bar))
+        render_profile(result.summary, {t.name: t for t in config.tasks}, RunDir(result.path).steps(), console=out,
+                       where=str(result.path))
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory written by 'deval profile --out'."),
-           json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON.")) -> None:
-    """Re-render a finished run from its files, without touching a model."""
-    rd = RunDir.open(run_dir)
-    if not rd.has_summary():
-        raise ConfigError(f"{run_dir} has not finished; finish it with deval {command_for(rd.manifest())} "
-                          f"--resume {run_dir}")
-    summary = rd.summary()
+           json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON."),
+           plots: Optional[Path] = typer.Option(None, "--plots", help="Write the run's figures (PNG and SVG) here."),
+           html_file: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
+           ) -> None:
+    """Re-render a finished run from its files, without touching a model; --html / --plots write a page / figures."""
+    from deval.analyses.result import load
+
+    result = load(run_dir)
+    summary = result.summary
     if json_out:
-        print(dumps(summary))
+        print(dumps(RunDir(result.path).summary()))
         return
-    if render_run(summary, rd.path, out) or render_recommend_run(summary, rd.path, out):  # not a profile run
+    if plots is not None or html_file is not None:
+        from deval.report.html import write
+        from deval.report.plots import save_figures
+
+        if plots is not None:
+            written = save_figures(result.figures(), plots)
+            out.print(f"wrote {len(written)} files (PNG and SVG) to {plots}", highlight=False, soft_wrap=True)
+        if html_file is not None:
+            from deval.report.html import run_page
+
+            write(html_file, run_page(summary, result.context(), where=str(result.path)))
+            out.print(f"wrote {html_file} (self-contained: open it in any browser, offline)", highlight=False,
+                      soft_wrap=True)
         return
-    config = rd.manifest()["config"]
-    tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
-             for t in config["tasks"]}
-    render_profile(summary, tasks, rd.steps(), console=out, where=str(rd.path))
+    if render_run(summary, result.path, out) or render_recommend_run(summary, result.path, out):  # not profile
+        return
+    context = result.context()
+    render_profile(summary, context["tasks"], context["steps"], console=out, where=str(result.path))
 
 
 @app.command("tasks")
@@ -172,6 +175,10 @@ register_recommend(app)
 from deval.cli.probe import probe_command  # noqa: E402  (the probe command lives in its own module)
 
 app.command("probe")(probe_command)
+
+from deval.cli.compare import compare_command  # noqa: E402
+
+app.command("compare")(compare_command)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from deval.report import legend
 from deval.report.charts import line_chart
 from deval.report.profile import fmt, spark
 
@@ -77,6 +78,7 @@ def render_sweep(summary: dict, console: Console | None = None, where: str | Non
     console.print(f"D/E verdict at each temperature (the paper reads it at T=1): {verdicts}")
     if where:
         console.print(f"[dim]run files: {where} (one profile run per temperature in its T* directory)[/]")
+    console.print(f"[dim]legend: {escape(legend.SWEEP)}[/]", highlight=False, soft_wrap=True)
 
 
 def render_calibration(summary: dict, console: Console | None = None, where: str | None = None) -> None:
@@ -115,7 +117,7 @@ def render_calibration(summary: dict, console: Console | None = None, where: str
                             title_align="left"))
     if where:
         console.print(f"[dim]run files: {where}[/]")
-
+    console.print(f"[dim]legend: {escape(legend.CALIBRATION)}[/]", highlight=False, soft_wrap=True)
 
 
 def render_diversity(summary: dict, console: Console | None = None, where: str | None = None) -> None:
@@ -148,4 +150,4 @@ def render_diversity(summary: dict, console: Console | None = None, where: str |
     console.print(Panel(Group(chart, table, note), title="distinct valid outputs vs samples drawn", title_align="left"))
     if where:
         console.print(f"[dim]run files: {where}[/]")
-
+    console.print(f"[dim]legend: {escape(legend.DIVERSITY)}[/]", highlight=False, soft_wrap=True)

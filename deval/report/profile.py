@@ -152,3 +152,6 @@ def render_profile(summary: dict, tasks: dict[str, Task], steps: list[Step] | No
                         title_align="left"))
     if where:
         console.print(f"[dim]run files: {where}[/]")
+    from deval.report.legend import PROFILE
+
+    console.print(f"[dim]legend: {escape(PROFILE)}[/]", highlight=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from deval.core.protocol import Step
@@ -12,6 +13,13 @@ from deval.errors import ConfigError
 from deval.jsonio import clean, dump_json, dumps, read_json  # noqa: F401  (run files are JSON)
 
 MANIFEST, STEPS, SUMMARY = "manifest.json", "steps.jsonl", "summary.json"
+
+
+def default_run_dir(kind: str, model: str) -> Path:
+    """runs/<time>-<kind>-<model name>: where a run goes when no --out (or out=) is given."""
+    name = Path(model).stem if model else "model"
+    prefix = f"{kind}-" if kind else ""
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}{name}"
 
 
 def create_run_dir(path: Path, manifest: dict) -> Path:
