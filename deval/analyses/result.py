@@ -10,11 +10,15 @@ from deval.jsonio import clean
 from deval.runs.store import MANIFEST, RecordLog, RunDir, read_json
 
 KINDS = {"deval.profile": "profile", "deval.sweep": "sweep", "deval.calibration": "calibration",
-         "deval.diversity": "diversity", "deval.layers": "layers", "deval.code": "code"}
+         "deval.diversity": "diversity", "deval.layers": "layers", "deval.code": "code",
+         "deval.recommend": "recommend"}
 MANIFEST_COMMANDS = {"deval.manifest/1": "profile", "deval.sweep-manifest/1": "sweep",
                      "deval.calibration-manifest/1": "calibration", "deval.diversity-manifest/1": "diversity",
-                     "deval.layers-manifest/1": "layers", "deval.code-manifest/1": "code"}
-RECORD_FILES = {"calibration": "nodes.jsonl", "diversity": "samples.jsonl", "layers": "layers.jsonl", "code": "samples.jsonl"}  # the per-step records of each kind
+                     "deval.layers-manifest/1": "layers", "deval.code-manifest/1": "code",
+                     "deval.recommend-manifest/1": "recommend"}
+# the per-step records of each kind
+RECORD_FILES = {"calibration": "nodes.jsonl", "diversity": "samples.jsonl", "layers": "layers.jsonl",
+                "code": "samples.jsonl", "recommend": "samples.jsonl"}
 
 
 def command_for(manifest: dict) -> str:

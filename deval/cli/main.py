@@ -19,6 +19,8 @@ from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOp
                               progress_bar, with_given_again)
 from deval.cli.dynamics import register as register_dynamics
 from deval.cli.dynamics import render_run
+from deval.cli.recommend import register as register_recommend
+from deval.cli.recommend import render_run as render_recommend_run
 from deval.cli.validate import run_app
 from deval.errors import RunInterrupted
 from deval.analyses.layers import SCHEMA as LAYERS_SCHEMA
@@ -135,7 +137,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
         if summary.get("schema") == LAYERS_SCHEMA:
             render_layers(summary, console=out, where=str(result.path))
             return
-        if render_run(summary, result.path, out):  # sweep, calibration or diversity run
+        if render_run(summary, result.path, out) or render_recommend_run(summary, result.path, out):  # not profile
             return
         context = result.context()
         render_profile(summary, context["tasks"], context["steps"], console=out, where=str(result.path))
@@ -180,6 +182,7 @@ def list_backends() -> None:
 
 
 register_dynamics(app)
+register_recommend(app)
 
 from deval.cli.probe import probe_command  # noqa: E402  (the probe command lives in its own module)
 
