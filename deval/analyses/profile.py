@@ -41,19 +41,22 @@ class ProfileConfig:
     filters: Filters = field(default_factory=Filters)
     backend_options: tuple[tuple[str, object], ...] = ()
     derive_temperatures: tuple[float, ...] = ()  # set by deval.analyses.sweep on its T=1 run: see Step.trie_logprobs
+    positions: str = "free"  # free | constrained (docs/protocol.md)
 
     def run_specs(self, task: Task) -> list[RunSpec]:
         mode = self.mode or task.mode
         steps = self.steps or task.steps
         return [RunSpec(task=task, run=r, seed=run_seed(self.seed, task.name, r), mode=mode, steps=steps,
                         temperature=self.temperature, filters=self.filters,
-                        derive_temperatures=self.derive_temperatures) for r in range(self.runs)]
+                        derive_temperatures=self.derive_temperatures, positions=self.positions)
+                for r in range(self.runs)]
 
     def to_dict(self) -> dict:
         d = {
             "backend": self.backend, "model": self.model, "tasks": [t.to_dict() for t in self.tasks],
             "runs": self.runs, "steps": self.steps, "temperature": self.temperature, "seed": self.seed,
             "mode": self.mode, "filters": self.filters.to_dict(), "backend_options": self._stored_options(),
+            "positions": self.positions,
         }
         if self.derive_temperatures:  # written only when set, so plain profile manifests are unchanged
             d["derive_temperatures"] = list(self.derive_temperatures)
@@ -70,7 +73,8 @@ class ProfileConfig:
                                for t in d["tasks"]),
                    runs=d["runs"], steps=d["steps"], temperature=d["temperature"], seed=d["seed"], mode=d["mode"],
                    filters=Filters(**d["filters"]), backend_options=tuple(d.get("backend_options", {}).items()),
-                   derive_temperatures=tuple(float(t) for t in d.get("derive_temperatures", ())))
+                   derive_temperatures=tuple(float(t) for t in d.get("derive_temperatures", ())),
+                   positions=d.get("positions", "free"))
 
 
 def manifest(config: ProfileConfig, backend: Backend) -> dict:

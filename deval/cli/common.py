@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from deval import backends as registry
+from deval.core.protocol import POSITION_MODES
 from deval.core.sampling import FILTER_ORDERS, Filters
 from deval.errors import ConfigError
 from deval.analyses.profile import ProfileConfig
@@ -33,6 +34,8 @@ ModeOpt = Annotated[Optional[str], typer.Option(help="sequence | independent (de
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Keep the k most likely tokens.")]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Keep the smallest set reaching mass p.")]
 MinPOpt = Annotated[Optional[float], typer.Option("--min-p", help="Keep tokens with p >= min_p * max p.")]
+PositionsOpt = Annotated[str, typer.Option(
+    help="free: the model writes its answer, off-set fields count | constrained: draws restricted to the items.")]
 FilterOrderOpt = Annotated[str, typer.Option(help="filters-first (llama.cpp) | temperature-first (HF).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/<time>-<model>).")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(help="Finish an interrupted run in this directory.")]
@@ -115,12 +118,15 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     check_range("--temperature", temperature, lo=0, lo_open=True)
     check_local(o["ctx"], o["threads"], o["gpu_layers"])
     filters = filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"])
+    positions = o.get("positions", "free")
+    if positions not in POSITION_MODES:
+        raise ConfigError(f"--positions must be one of {', '.join(POSITION_MODES)} (got {positions})")
     catalog = TaskCatalog.load(list(o["tasks_dir"]))
     tasks = tuple(catalog.get(ref) for ref in dict.fromkeys(o["task"]))
     chosen = backend_options(o["backend"], **{k: o[k] for k in BACKEND_OPTIONS})
     return ProfileConfig(backend=o["backend"], model=o["model"] or "", tasks=tasks, runs=o["runs"], steps=o["steps"],
                          temperature=temperature, seed=o["seed"], mode=o["mode"], filters=filters,
-                         backend_options=tuple(sorted(chosen.items())))
+                         backend_options=tuple(sorted(chosen.items())), positions=positions)
 
 
 def with_given_again(config: ProfileConfig, base_url: str | None, api_key_env: str | None) -> ProfileConfig:

@@ -15,7 +15,7 @@ from rich.table import Table
 from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
-                              NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
+                              NoCacheOpt, NoProbeOpt, OutOpt, PositionsOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
                               default_dir, err, interrupted, out, profile_config, with_given_again)
@@ -48,6 +48,7 @@ def profile(
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     filter_order: FilterOrderOpt = "filters-first",
+    positions: PositionsOpt = "free",
     out_dir: OutOpt = None,
     resume: ResumeOpt = None,
     json_out: JsonOpt = False,
