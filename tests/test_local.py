@@ -8,6 +8,7 @@ import pytest
 from conftest import needs_model, one_line_error, run_cli
 from deval.core.protocol import Filters, RunSpec, run_seed
 from deval.core.tasks import TaskCatalog
+from deval.report.profile import VERDICT_STYLE
 
 pytestmark = [needs_model, pytest.mark.model]
 CATALOG = TaskCatalog.load()
@@ -120,7 +121,7 @@ def test_profile_run_files_on_the_real_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["backend"] == "local" and summary["model"].endswith(".gguf")
-    assert summary["verdict"]["type"] in ("D", "E", "undetermined") and summary["verdict"]["reason"]
+    assert summary["verdict"]["type"] in VERDICT_STYLE and summary["verdict"]["reason"]
     assert json.loads((out / "summary.json").read_text()) == summary
     records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert len(records) == 8

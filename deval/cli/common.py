@@ -12,6 +12,7 @@ from rich.console import Console
 
 from deval import backends as registry
 from deval.core.protocol import POSITION_MODES
+from deval.core.summary import MIN_POSITION_MASS
 from deval.core.sampling import FILTER_ORDERS, Filters
 from deval.errors import ConfigError
 from deval.analyses.profile import ProfileConfig
@@ -36,6 +37,8 @@ TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Keep the smal
 MinPOpt = Annotated[Optional[float], typer.Option("--min-p", help="Keep tokens with p >= min_p * max p.")]
 PositionsOpt = Annotated[str, typer.Option(
     help="free: the model writes its answer, off-set fields count | constrained: draws restricted to the items.")]
+MinMassOpt = Annotated[float, typer.Option(
+    "--min-mass", help="free positions: below this on-set mass a position is a format failure (default 0.2).")]
 FilterOrderOpt = Annotated[str, typer.Option(help="filters-first (llama.cpp) | temperature-first (HF).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/<time>-<model>).")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(help="Finish an interrupted run in this directory.")]
@@ -121,12 +124,14 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     positions = o.get("positions", "free")
     if positions not in POSITION_MODES:
         raise ConfigError(f"--positions must be one of {', '.join(POSITION_MODES)} (got {positions})")
+    min_mass = o.get("min_mass", MIN_POSITION_MASS)
+    check_range("--min-mass", min_mass, lo=0, hi=1)
     catalog = TaskCatalog.load(list(o["tasks_dir"]))
     tasks = tuple(catalog.get(ref) for ref in dict.fromkeys(o["task"]))
     chosen = backend_options(o["backend"], **{k: o[k] for k in BACKEND_OPTIONS})
     return ProfileConfig(backend=o["backend"], model=o["model"] or "", tasks=tasks, runs=o["runs"], steps=o["steps"],
                          temperature=temperature, seed=o["seed"], mode=o["mode"], filters=filters,
-                         backend_options=tuple(sorted(chosen.items())), positions=positions)
+                         backend_options=tuple(sorted(chosen.items())), positions=positions, min_mass=min_mass)
 
 
 def with_given_again(config: ProfileConfig, base_url: str | None, api_key_env: str | None) -> ProfileConfig:

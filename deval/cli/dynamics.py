@@ -10,7 +10,7 @@ import typer
 
 from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
-                              CtxOpt, FilterOrderOpt, PositionsOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
+                              CtxOpt, FilterOrderOpt, PositionsOpt, MinMassOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
@@ -35,6 +35,7 @@ def sweep(
     min_p: MinPOpt = None,
     filter_order: FilterOrderOpt = "filters-first",
     positions: PositionsOpt = "free",
+    min_mass: MinMassOpt = 0.2,
     out_dir: OutOpt = None,
     resume: ResumeOpt = None,
     json_out: JsonOpt = False,

@@ -15,7 +15,7 @@ from rich.table import Table
 from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
-                              NoCacheOpt, NoProbeOpt, OutOpt, PositionsOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
+                              NoCacheOpt, NoProbeOpt, OutOpt, PositionsOpt, MinMassOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               TopPOpt,
                               default_dir, err, interrupted, out, profile_config, with_given_again)
@@ -49,6 +49,7 @@ def profile(
     min_p: MinPOpt = None,
     filter_order: FilterOrderOpt = "filters-first",
     positions: PositionsOpt = "free",
+    min_mass: MinMassOpt = 0.2,
     out_dir: OutOpt = None,
     resume: ResumeOpt = None,
     json_out: JsonOpt = False,
@@ -111,13 +112,18 @@ def _run_with_progress(config: ProfileConfig, engine, run_dir: RunDir, quiet: bo
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory written by 'deval profile --out'."),
-           json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON.")) -> None:
+           json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON."),
+           steps_out: str = typer.Option(None, "--steps", help="Print one row per item position: csv | json.")
+           ) -> None:
     """Re-render a finished run from its files, without touching a model."""
     rd = RunDir.open(run_dir)
     if not rd.has_summary():
         raise ConfigError(f"{run_dir} has not finished; finish it with deval {command_for(rd.manifest())} "
                           f"--resume {run_dir}")
     summary = rd.summary()
+    if steps_out is not None:
+        _print_steps(rd, summary, steps_out)
+        return
     if json_out:
         print(dumps(summary))
         return
@@ -127,6 +133,18 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
              for t in config["tasks"]}
     render_profile(summary, tasks, rd.steps(), console=out, where=str(rd.path))
+
+
+def _print_steps(rd: RunDir, summary: dict, fmt: str) -> None:
+    from deval.report.steps import FORMATS, render_steps, step_rows
+    if fmt not in FORMATS:
+        raise ConfigError(f"--steps must be one of {', '.join(FORMATS)} (got {fmt})")
+    if command_for(rd.manifest()) != "profile":
+        raise ConfigError(f"--steps exports profile runs; {rd.path} is a {command_for(rd.manifest())} run "
+                          f"(its per-temperature profiles are in its T*/ folders)")
+    config = ProfileConfig.from_dict(rd.manifest()["config"])
+    rows = step_rows({t.name: t for t in config.tasks}, rd.steps(), config.min_mass, config.positions)
+    sys.stdout.write(render_steps(rows, fmt))
 
 
 @app.command("tasks")
