@@ -57,7 +57,8 @@ class MockBackend:
         seen = np.zeros(k)
         for t in range(spec.steps):
             on_set = self._item_probs(p_task, plan[t] if plan is not None else None, rng, seen if t else None)
-            vocab = np.append(on_set * (1.0 - OTHER_MASS[self.model]), OTHER_MASS[self.model])
+            other = _other_mass(self.model, rng)
+            vocab = np.append(on_set * (1.0 - other), other)
             with np.errstate(divide="ignore"):
                 logp1 = np.log(vocab)
                 logp = sampling_logprobs(logp1, spec.temperature, spec.filters)
@@ -98,3 +99,26 @@ def _plan(p_task: np.ndarray, steps: int, rng: np.random.Generator) -> np.ndarra
     plan = np.repeat(np.arange(len(p_task)), counts)
     rng.shuffle(plan)
     return plan
+
+
+def batch_probs(model: str, p_task: np.ndarray, runs: int, steps: int, rng: np.random.Generator) -> np.ndarray:
+    """Item probabilities [runs, steps, K] of the memoryless mock models, vectorised (interval coverage tests)."""
+    if model not in ("d", "e", "uniform", "off-format"):
+        raise ConfigError(f"batch_probs covers the memoryless mock models, not '{model}'")
+    k = len(p_task)
+    if model == "d":
+        plans = np.stack([_plan(p_task, steps, rng) for _ in range(runs)])
+        mean = np.full((runs, steps, k), 0.03 / max(k - 1, 1))
+        np.put_along_axis(mean, plans[..., None], 0.97, axis=-1)
+        mean /= mean.sum(axis=-1, keepdims=True)
+    else:
+        mean = np.broadcast_to(np.full(k, 1.0 / k) if model == "uniform" else p_task, (runs, steps, k))
+    gamma = rng.standard_gamma(CONCENTRATION * mean + 1e-3)  # a Dirichlet draw per step
+    other = rng.beta(CONCENTRATION * OTHER_MASS[model], CONCENTRATION * (1 - OTHER_MASS[model]), (runs, steps, 1))
+    return gamma / gamma.sum(axis=-1, keepdims=True) * (1.0 - other)
+
+
+def _other_mass(model: str, rng: np.random.Generator) -> float:
+    """The step's mass off the items: around the model's OTHER_MASS, with the same concentration as the items."""
+    m = OTHER_MASS[model]
+    return float(rng.beta(CONCENTRATION * m, CONCENTRATION * (1 - m)))

@@ -130,8 +130,9 @@ def quota_r(ptok: np.ndarray, sampled: np.ndarray, p_task: np.ndarray) -> np.nda
     if ptok.shape[1] < 2:
         return out
     residual, deviation, ok = _quota_pairs(ptok, sampled, np.asarray(p_task, dtype=float))
+    valid = (np.asarray(sampled) >= 0).sum(axis=1)
     for r in range(ptok.shape[0]):
-        if ok[r].sum() < MIN_QUOTA_SAMPLES:
+        if valid[r] < MIN_QUOTA_SAMPLES or ok[r].sum() < MIN_QUOTA_SAMPLES:
             continue
         x, y = _demeaned(residual[r], ok[r])[ok[r]], _demeaned(deviation[r], ok[r])[ok[r]]
         if x.std() > 1e-12 and y.std() > 1e-12:
@@ -149,7 +150,8 @@ def quota_note(ptok: np.ndarray, sampled: np.ndarray, p_task: np.ndarray) -> str
     if ptok.shape[1] < 2:
         return "needs at least two positions per run"
     _, _, ok = _quota_pairs(ptok, sampled, np.asarray(p_task, dtype=float))
-    few = int((ok.sum(axis=(1, 2)) < MIN_QUOTA_SAMPLES).sum())
+    few = int(((ok.sum(axis=(1, 2)) < MIN_QUOTA_SAMPLES) | ((np.asarray(sampled) >= 0).sum(axis=1)
+                                                          < MIN_QUOTA_SAMPLES)).sum())
     parts = [f"{few} run(s) with fewer than {MIN_QUOTA_SAMPLES} valid samples"] if few else []
     if missing - few:
         parts.append(f"{missing - few} run(s) with a constant residual or deviation within every item")
