@@ -121,6 +121,10 @@ class LocalBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
+    def eog_tokens(self) -> list[int]:
+        """End-of-generation tokens (EOS, end of turn): llama.cpp's is_eog over the vocabulary."""
+        return sorted(self._eog)
+
     def token_bytes(self, token_id: int) -> bytes:
         return self._pieces[token_id]
 
