@@ -65,8 +65,8 @@ def real_block(run_dir: Path | None) -> str:
             run_dir = Path(tmp) / "run"
             profile(REAL_ARGS, run_dir)
         config = __import__("json").loads((run_dir / "manifest.json").read_text())["config"]
-        args = f"--runs {config['runs']}" + (f" --positions {config['positions']}"
-                                             if config.get("positions", "free") != "free" else "")
+        args = f"--runs {config['runs']}" + (f" --steps {config['steps']}" if config.get("steps") else "") + (
+            f" --positions {config['positions']}" if config.get("positions", "free") != "free" else "")
         return render(run_dir, f"deval profile {args}")
 
 
