@@ -28,9 +28,10 @@ def gemma_path() -> Path | None:
 
 def test_free_mode_reports_mass_per_position_format_failures_and_the_deciding_axis(tmp_path):
     out = tmp_path / "free"
-    summary = run_json("profile", *SMALL, "--out", str(out))
+    summary = run_json("profile", "--task", "extreme", "--runs", "2", "--steps", "4", "--threads", "1",
+                       "--out", str(out), timeout=1800)  # free generation: minutes on a loaded CPU
     s = summary["tasks"]["extreme"]
-    assert 1 <= len(s["on_set_mass_by_step"]) <= 6
+    assert 1 <= len(s["on_set_mass_by_step"]) <= 4
     assert all(m is None or 0.0 <= m <= 1.0 + 1e-9 for m in s["on_set_mass_by_step"])
     assert 0 <= s["format_failures"] <= s["positions"] and summary["positions"] == "free"
     v = summary["verdict"]
@@ -45,7 +46,7 @@ def test_free_mode_reports_mass_per_position_format_failures_and_the_deciding_ax
 
 
 def test_constrained_mode_measures_a_model_that_ignores_the_format(tmp_path):
-    summary = run_json("profile", *SMALL, "--positions", "constrained", "--out", str(tmp_path / "c"))
+    summary = run_json("profile", *SMALL, "--positions", "constrained", "--out", str(tmp_path / "c"), timeout=1800)
     assert summary["verdict"]["type"] != "format failure"
     s = summary["tasks"]["extreme"]
     assert s["invalid_rate"] == 0.0 and s["format_failures"] == 0 and 0.0 < s["on_set_mass"]["mean"] <= 1.0
