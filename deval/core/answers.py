@@ -57,11 +57,12 @@ class Matcher:
         return self.keys.get(self.key(raw)) if raw.strip(WHITESPACE) else None
 
     def spellings(self) -> list[tuple[str, int]]:
-        """Texts that spell each item (the item, its lower/capitalised/upper forms unless case-sensitive), bare and
-        after one space: what an exact backend tokenises into its item trie."""
+        """Texts that spell each item (the item, its lower and capitalised forms unless case-sensitive), bare and
+        after one space: what an exact backend tokenises into its item trie (any other single token that spells an
+        item, "RED" say, is found by scanning the vocabulary)."""
         out = []
         for i, x in enumerate(self.items):
-            forms = [x] if self.matching.case else list(dict.fromkeys([x, x.lower(), x.capitalize(), x.upper()]))
+            forms = [x] if self.matching.case else list(dict.fromkeys([x, x.lower(), x.capitalize()]))
             out += [(lead + f, i) for f in forms for lead in ("", " ")]
         return out
 
