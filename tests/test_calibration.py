@@ -153,3 +153,20 @@ def test_oracle_samples_are_always_valid_even_with_many_tokenisations():
     answers = [sample_answer(cached, oracle, model.prompt_tokens(""), Rule("oracle", oracle=True), 1.0,
                              max_answer_tokens(Task.members), rng) for _ in range(200)]
     assert None not in answers
+
+
+def test_end_of_answer_is_eos_separator_or_newline_not_every_empty_token():
+    """Gemma has thousands of empty-text control tokens: only the model's end-of-generation ones end an answer."""
+    from deval.core.exact import Vocab
+
+    class Model:
+        n_vocab = 6
+        pieces = [b"", b"", b"", b"\n", b",", b"a"]
+
+        def token_bytes(self, i):
+            return self.pieces[i]
+
+        def eog_tokens(self):
+            return [0]
+
+    assert Vocab(Model()).ends.tolist() == [True, False, False, True, True, False]

@@ -33,7 +33,7 @@ def test_item_logprobs_reproduce_the_measured_item_probabilities(backend):
         np.testing.assert_allclose([np.exp(lp).sum() for lp in step.item_logprobs], step.probs, rtol=1e-9)
     from deval.backends.local import item_logprobs
     items = TaskCatalog.load().get("extreme").items  # " 2" is " " then "2": not derivable from one-token log-probs
-    assert item_logprobs(backend.item_trie(items), np.zeros(backend.n_vocab), len(items)) is None
+    assert item_logprobs(backend.item_trie(TaskCatalog.load().get("extreme").matcher), np.zeros(backend.n_vocab), len(items)) is None
 
 
 def test_sweep_end_to_end(backend, tmp_path):

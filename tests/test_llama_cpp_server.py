@@ -7,6 +7,7 @@ the server's prompt cache and batch shapes move logprobs by up to a few 1e-2 (se
 the top-k is seen.
 """
 
+import dataclasses
 import importlib.util
 import math
 import socket
@@ -145,11 +146,13 @@ def test_p_token_over_http_matches_the_local_backend(server, tmp_path):
     from deval.backends.local import LocalBackend
 
     url, _ = server
-    task = TaskCatalog.load().get("extreme")
+    # the chat route sends the user message only: compare with the local backend's answer start without a cue,
+    # constrained so that every local position is at the answer's first token as the HTTP steps are here
+    task = dataclasses.replace(TaskCatalog.load().get("extreme"), cue="")
     spec, steps = independent_steps(url, tmp_path, task)
     local = LocalBackend(model=None)
     try:
-        exact = list(local.measure([spec]))
+        exact = list(local.measure([dataclasses.replace(spec, positions="constrained")]))
     finally:
         local.close()
     assert steps

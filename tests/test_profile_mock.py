@@ -21,36 +21,57 @@ def profile(model, tmp_path, tasks=("flat",), runs=10, **kw):
 
 
 def test_d_model_is_classified_d_and_still_matches_p_task_in_aggregate(tmp_path):
-    summary, _, _ = profile("d", tmp_path)
+    summary, _, _ = profile("d", tmp_path, tasks=("extreme", "flat"))
     flat = summary["tasks"]["flat"]
     assert summary["verdict"]["type"] == "D"
     assert flat["e_score"]["mean"] > 0.9
     assert flat["atvd"]["mean"] > 0.8  # near E[ATVD] 0.88 for one-hot steps
     assert flat["pooled_result_tvd"] < 0.1  # ... while the pooled output follows P_task
     assert "pooled output still matches" in summary["verdict"]["reason"]
+    assert summary["verdict"]["reason"].startswith("alignment and stability decide: misaligned and variable")
+    assert "nearer the ideal D sampler" in summary["verdict"]["reason"]
 
 
 def test_e_model_is_classified_e(tmp_path):
-    summary, _, _ = profile("e", tmp_path)
+    summary, _, _ = profile("e", tmp_path, tasks=("extreme", "flat"))
     flat = summary["tasks"]["flat"]
     assert summary["verdict"]["type"] == "E"
+    assert summary["verdict"]["reason"].startswith("alignment and stability decide: aligned and stable")
+    assert "nearer the ideal E sampler" in summary["verdict"]["reason"]
     assert flat["atvd"]["mean"] < 0.1
     assert abs(flat["e_score"]["mean"] - 0.2) < 0.05
     lo, hi = flat["atvd"]["ci"]
     assert lo <= flat["atvd"]["mean"] <= hi
 
 
-def test_uniform_model_has_high_atvd_on_extreme(tmp_path):
+def test_uniform_model_is_not_e_but_stable_and_misaligned(tmp_path):
+    """Uniform is close to P_task on flat (TV 0.089) but far from it on extreme: every task is weighed."""
     summary, _, _ = profile("uniform", tmp_path, tasks=("extreme", "flat"))
     assert summary["tasks"]["extreme"]["atvd"]["mean"] == pytest.approx(0.45, abs=0.01)
-    assert summary["verdict"]["type"] == "E"  # uniform is stable, not extreme: flat's TV is only 0.089
+    v = summary["verdict"]
+    assert v["type"] == "stable but misaligned" and v["type"] != "E"
+    assert v["axes"]["alignment"]["task"] == "extreme" and v["reason"].startswith("alignment decides")
 
 
-def test_off_format_model_is_undetermined_with_a_reason(tmp_path):
+def test_off_format_model_is_a_format_failure_with_a_reason(tmp_path):
     summary, _, _ = profile("off-format", tmp_path)
-    assert summary["verdict"]["type"] == "undetermined"
-    assert "does not follow the task format" in summary["verdict"]["reason"]
-    assert summary["tasks"]["flat"]["invalid_rate"] > 0.7
+    assert summary["verdict"]["type"] == "format failure"
+    assert "does not answer in the task's format" in summary["verdict"]["reason"]
+    flat = summary["tasks"]["flat"]
+    assert flat["invalid_rate"] > 0.7 and flat["format_failures"] == flat["positions"] == 300
+    assert np.isnan(flat["atvd"]["mean"])  # format failures are left out of ATVD
+
+
+def test_constrained_off_format_model_is_measured(tmp_path):
+    summary, _, _ = profile("off-format", tmp_path, tasks=("extreme", "flat"), positions="constrained")
+    assert summary["verdict"]["type"] == "E" and summary["positions"] == "constrained"
+    assert summary["tasks"]["flat"]["on_set_mass"]["mean"] == pytest.approx(0.1, abs=0.01)  # still recorded
+    assert summary["tasks"]["flat"]["invalid_rate"] == 0.0
+
+
+def test_min_mass_is_an_option(tmp_path):
+    summary, _, _ = profile("off-format", tmp_path, min_mass=0.05)
+    assert summary["tasks"]["flat"]["format_failures"] == 0 and summary["min_mass"] == 0.05
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):

@@ -148,3 +148,12 @@ def test_cli_sweep_and_report(tmp_path):
     assert sub.exit_code == 0 and "temperature 2" in sub.output
     bad = runner.invoke(app, ["sweep", "--backend", "mock", "--model", "e", "--temperatures", "0,1"])
     assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError)
+
+
+def test_no_best_temperature_where_no_temperature_passes_the_format_minimum(tmp_path):
+    summary = run_sweep(config("off-format"), MockBackend("off-format"), tmp_path)
+    task = summary["tasks"]["extreme"]
+    assert all(r["measured"]["on_set_mass"]["mean"] < 0.5 for r in task["rows"])
+    assert task["best_temperature"] is None and "no temperature passes" in task["best_temperature_note"]
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert "no temperature passes" in result.output

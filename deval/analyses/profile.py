@@ -17,7 +17,7 @@ from deval.backends.urls import redact
 from deval.analyses.result import MANIFEST_COMMANDS, Result, command_for  # noqa: F401  (command_for: public here)
 from deval.errors import ConfigError, DevalError, RunInterrupted
 from deval.runs.store import RunDir, default_run_dir, parse_config, stopped
-from deval.core.summary import summarise_task, verdict
+from deval.core.summary import MIN_POSITION_MASS, summarise_task, verdict
 from deval.core.tasks import Task, task_from_dict
 
 SCHEMA = "deval.profile/1"
@@ -40,19 +40,23 @@ class ProfileConfig:
     filters: Filters = field(default_factory=Filters)
     backend_options: tuple[tuple[str, object], ...] = ()
     derive_temperatures: tuple[float, ...] = ()  # set by deval.analyses.sweep on its T=1 run: see Step.trie_logprobs
+    positions: str = "free"  # free | constrained (docs/protocol.md)
+    min_mass: float = MIN_POSITION_MASS  # free mode: positions below this on-set mass are format failures
 
     def run_specs(self, task: Task) -> list[RunSpec]:
         mode = self.mode or task.mode
         steps = self.steps or task.steps
         return [RunSpec(task=task, run=r, seed=run_seed(self.seed, task.name, r), mode=mode, steps=steps,
                         temperature=self.temperature, filters=self.filters,
-                        derive_temperatures=self.derive_temperatures) for r in range(self.runs)]
+                        derive_temperatures=self.derive_temperatures, positions=self.positions)
+                for r in range(self.runs)]
 
     def to_dict(self) -> dict:
         d = {
             "backend": self.backend, "model": self.model, "tasks": [t.to_dict() for t in self.tasks],
             "runs": self.runs, "steps": self.steps, "temperature": self.temperature, "seed": self.seed,
             "mode": self.mode, "filters": self.filters.to_dict(), "backend_options": self._stored_options(),
+            "positions": self.positions, "min_mass": self.min_mass,
         }
         if self.derive_temperatures:  # written only when set, so plain profile manifests are unchanged
             d["derive_temperatures"] = list(self.derive_temperatures)
@@ -69,7 +73,8 @@ class ProfileConfig:
                                for t in d["tasks"]),
                    runs=d["runs"], steps=d["steps"], temperature=d["temperature"], seed=d["seed"], mode=d["mode"],
                    filters=Filters(**d["filters"]), backend_options=tuple(d.get("backend_options", {}).items()),
-                   derive_temperatures=tuple(float(t) for t in d.get("derive_temperatures", ())))
+                   derive_temperatures=tuple(float(t) for t in d.get("derive_temperatures", ())),
+                   positions=d.get("positions", "free"), min_mass=d.get("min_mass", MIN_POSITION_MASS))
 
 
 def manifest(config: ProfileConfig, backend: Backend) -> dict:
@@ -129,10 +134,12 @@ def summarise(config: ProfileConfig, steps: list[Step]) -> dict:
     by_task: dict[str, list[Step]] = {t.name: [] for t in config.tasks}
     for s in steps:
         by_task.setdefault(s.task, []).append(s)
-    tasks = {t.name: summarise_task(t, by_task[t.name], config.seed) for t in config.tasks if by_task[t.name]}
+    tasks = {t.name: summarise_task(t, by_task[t.name], config.seed, config.min_mass, config.positions)
+             for t in config.tasks if by_task[t.name]}
     return {
         "schema": SCHEMA, "backend": config.backend, "model": config.model, "temperature": config.temperature,
         "runs": config.runs, "seed": config.seed, "mode": config.mode, "filters": config.filters.to_dict(),
+        "positions": config.positions, "min_mass": config.min_mass,
         "tasks": tasks, "verdict": verdict(tasks, config.temperature),
     }
 

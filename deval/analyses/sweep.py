@@ -28,7 +28,10 @@ DEFAULT_TEMPERATURES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # the paper sweeps 0.5 
 RESPONSE_THRESHOLD = 0.1
 MEASURED_KEYS = ("e_score", "atvd", "result_tvd", "on_set_mass", "entropy", "kept_coverage")
 DERIVED_KEYS = ("e_score", "atvd", "entropy", "on_set_mass")  # on-set mass only from trie records
-TEMPERATURE_MATCH = 1e-9  # a recorded temperature serves a requested one this close to it
+TEMPERATURE_MATCH = 1e-9
+# Our choice: a temperature can be named best (lowest ATVD) only where the model still answers in the format.
+MIN_SWEEP_MASS = 0.5  # mean on-set mass
+MAX_SWEEP_INVALID = 0.5  # invalid (off-set) sample rate  # a recorded temperature serves a requested one this close to it
 
 
 @dataclass(frozen=True)
@@ -266,9 +269,15 @@ def derived_note(rows: list[dict]) -> str:
 def response(rows: list[dict], task) -> dict:
     """The ATVD-minimising temperature (measured and derived) and how far the e-score moves across the sweep."""
 
+    def passes(r: dict, key: str) -> bool:
+        mass = (r.get(key) or {}).get("on_set_mass", r["measured"].get("on_set_mass", {})).get("mean")
+        return (mass is not None and np.isfinite(mass) and mass >= MIN_SWEEP_MASS
+                and np.isfinite(r["invalid_rate"]) and r["invalid_rate"] <= MAX_SWEEP_INVALID)
+
     def argmin(key: str) -> float | None:
         vals = [(r[key]["atvd"]["mean"], r["temperature"]) for r in rows
-                if r.get(key) and r[key]["atvd"]["mean"] is not None and np.isfinite(r[key]["atvd"]["mean"])]
+                if r.get(key) and r[key]["atvd"]["mean"] is not None and np.isfinite(r[key]["atvd"]["mean"])
+                and passes(r, key)]
         return min(vals)[1] if vals else None
 
     e = [r["measured"]["e_score"]["mean"] for r in rows]
@@ -282,5 +291,9 @@ def response(rows: list[dict], task) -> dict:
         text = (f"{'flattens' if e_move > 0 else 'sharpens'} with temperature: the e-score moves {e[0]:.2f} -> "
                 f"{e[-1]:.2f} from T={rows[0]['temperature']:g} to T={rows[-1]['temperature']:g} "
                 f"(P_task's largest is {float(task.p_task.max()):.2f})")
-    return {"best_temperature": argmin("measured"), "best_temperature_derived": argmin("derived"),
-            "e_score_move": e_move, "response": text}
+    best = argmin("measured")
+    note = None if best is not None else (
+        f"no temperature passes the minimum (on-set mass >= {MIN_SWEEP_MASS:g} and invalid rate <= "
+        f"{MAX_SWEEP_INVALID:g}), so none is named best")
+    return {"best_temperature": best, "best_temperature_derived": argmin("derived") if best is not None else None,
+            "best_temperature_note": note, "e_score_move": e_move, "response": text}

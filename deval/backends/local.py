@@ -24,6 +24,7 @@ import llama_cpp.llama_cpp as llama_lib  # noqa: E402
 import numpy as np  # noqa: E402
 from llama_cpp import Llama, llama_chat_format  # noqa: E402
 
+from deval.core.answers import Matcher, answer_budget, find_positions
 from deval.core.protocol import GenerateSpec, RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, BackendUnavailable, ConfigError
 from deval.core.sampling import draw, log_softmax, sampling_logprobs
@@ -144,6 +145,8 @@ class LocalBackend:
         self.n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))  # llama.cpp pads n_ctx; input_ids does not
         self._pieces = [self.llm.detokenize([i]) for i in range(self.n_vocab)]
         self._formatter = self._chat_formatter()
+        vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        self._eog = frozenset(i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i))
         self._kv: list[int] = []  # tokens whose keys/values are in the cache, in order
         self._rows: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._tries: dict[tuple[str, ...], ItemTrie] = {}
@@ -155,6 +158,10 @@ class LocalBackend:
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def eog_tokens(self) -> list[int]:
+        """End-of-generation tokens (EOS, end of turn): llama.cpp's is_eog over the vocabulary."""
+        return sorted(self._eog)
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._pieces[token_id]
@@ -196,7 +203,8 @@ class LocalBackend:
     def describe(self) -> dict:
         return {"name": self.name, "model": self.model, "exact": True, "n_vocab": self.n_vocab,
                 "n_ctx": self.n_ctx, "gpu_layers": self.gpu_layers, "gpu_offload_supported": self.gpu_offload,
-                "chat_template": self._formatter is not None, "llama_cpp_python": llama_cpp.__version__,
+                "chat_template": self._formatter is not None,
+                "eog_tokens": sorted(self._eog), "llama_cpp_python": llama_cpp.__version__,
                 "model_bytes": Path(self.model).stat().st_size}
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
@@ -230,17 +238,18 @@ class LocalBackend:
             template=template, eos_token=self._pieces[eos].decode("utf-8", "replace") if eos >= 0 else "",
             bos_token=self._pieces[bos].decode("utf-8", "replace") if bos >= 0 else "")
 
-    def item_trie(self, items: Sequence[str]) -> ItemTrie:
-        key = tuple(items)
+    def item_trie(self, matcher: Matcher) -> ItemTrie:
+        """Every token sequence that spells an item under the task's matching rule: the item's forms tokenised
+        (bare and after a space), and every single token whose text spells an item ("7", " 7", ",7", "Heads")."""
+        key = (matcher.items, matcher.separator, matcher.matching)
         if key not in self._tries:
             trie = ItemTrie()
-            for i, item in enumerate(items):
-                for spelling in (item, " " + item):
-                    trie.add(self.tokenize(spelling), i)
+            for spelling, i in matcher.spellings():
+                trie.add(self.tokenize(spelling), i)
             for tok, piece in enumerate(self._pieces):
-                text = piece.decode("utf-8", "ignore")
-                if text.strip() in key and text.strip() == text.lstrip() and len(text) - len(text.strip()) <= 1:
-                    trie.add([tok], key.index(text.strip()))  # single tokens such as " 7" in other vocabularies
+                i = matcher.item(piece)
+                if i is not None:
+                    trie.add([tok], i)
             self._tries[key] = trie
         return self._tries[key]
 
@@ -317,50 +326,112 @@ class LocalBackend:
                            len(spec.task.items))
         return probs, dists, node_rows
 
-    def _sample_item(self, trie: ItemTrie, dists: dict, rng: np.random.Generator) -> tuple[tuple[int, ...], int | None]:
-        """Sample tokens down the trie from the same distributions; returns the path and the item (or None).
+    def answer_tokens(self, spec: RunSpec) -> tuple[int, ...]:
+        """The prompt with the answer started: the chat template's assistant turn opened and the task's cue written
+        (prefill); a model without a chat template (or --raw-prompt) gets the completion-style prompt."""
+        if self._formatter is None:
+            return tuple(self.llm.tokenize(spec.completion.encode("utf-8"), add_bos=True, special=False))
+        text = self._formatter(messages=[{"role": "user", "content": spec.prompt}]).prompt + spec.task.cue
+        return tuple(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-        Exact inverse-CDF sampling with the trie's tokens first: one uniform number decides between each child
-        token and 'anything else', so the whole vocabulary is only walked when the draw leaves the items."""
-        node: tuple[int, ...] = ()
-        while True:
-            dist = dists[node]
-            kids = sorted(trie.children.get(node, ()))
-            cum = np.cumsum(np.exp(dist[kids])) if kids else np.zeros(1)
-            u = rng.random()
-            if kids and u < cum[-1]:
-                node = node + (kids[int(np.searchsorted(cum, u, side="right"))],)
-                if node not in trie.children:
-                    return node, trie.ends.get(node)
-                continue
-            if node in trie.ends:  # the item ended here: what comes next is not part of it
-                return node, trie.ends[node]
-            rest = dist.copy()
-            rest[kids] = -np.inf
-            return node + (draw(rest, rng),), None  # off the items: which token, for the record
+    def _measure(self, spec: RunSpec, trie: ItemTrie, context: tuple[int, ...], step: int, item: int | None,
+                 text: str, flags: tuple[str, ...], final: bool = False) -> tuple[Step, dict]:
+        """The Step at one item position (its context ends just before the position's token)."""
+        rows = self._evaluate(context, trie.lookahead())
+        probs, dists, node_rows = self._item_distribution(context, trie, spec, rows)
+        record = (TrieLogprobs.from_rows(trie.children, trie.ends, node_rows, spec.derive_temperatures)
+                  if spec.derive_temperatures else None)
+        return Step(task=spec.task.name, run=spec.run, step=step, probs=tuple(probs.tolist()), sampled=item,
+                    text=text, final=final, flags=flags, trie_logprobs=record,
+                    item_logprobs=item_logprobs(trie, rows[0], len(spec.task.items))), dists
+
+    def _generate(self, spec: RunSpec, context: tuple[int, ...], rng: np.random.Generator):
+        """Free mode: the model writes its answer token by token under the run's temperature and filters until the
+        protocol says the answer ended (deval.core.answers), an end-of-generation token, or the token budget."""
+        matcher = spec.task.matcher
+        generated: list[int] = []
+        pieces: list[bytes] = []
+        cut = True
+        while len(generated) < answer_budget(spec.task.items, spec.limit):
+            if len(context) + len(generated) + 1 >= self.n_ctx:
+                break
+            row = self._evaluate(context + tuple(generated))[0]
+            tok = draw(sampling_logprobs(row, spec.temperature, spec.filters), rng)
+            if tok in self._eog:
+                cut = False
+                break
+            generated.append(tok)
+            pieces.append(self._pieces[tok])
+            if answer_positions(pieces, matcher, spec.limit, cut=True).ended:
+                cut = False
+                break
+        return generated, answer_positions(pieces, matcher, spec.limit, cut=cut)
 
     def _run(self, spec: RunSpec) -> Iterator[Step]:
-        rng = np.random.default_rng(spec.seed)
         # Each run starts from an empty cache, so its numbers do not depend on which runs came before it
         # (llama.cpp's kernels differ between batch sizes in the last bits): bit-for-bit reproducible runs,
-        # also across --resume. The prompt is evaluated once per run, each step feeds only its new tokens.
+        # also across --resume.
         self._kv, self._rows, self._base = [], OrderedDict(), None
-        task = spec.task
-        trie = self.item_trie(task.items)
-        separator = tuple(self.tokenize(task.separator))
-        context = tuple(self.prompt_tokens(spec.prompt))
-        lookahead = trie.lookahead()
+        rng = np.random.default_rng(spec.seed)
+        trie = self.item_trie(spec.task.matcher)
+        context = self.answer_tokens(spec)
+        if spec.positions == "constrained":
+            yield from self._run_constrained(spec, trie, context, rng)
+            return
+        steps: list[Step] = []
+        for _ in range(1 if spec.mode == "sequence" else spec.steps):
+            generated, answer = self._generate(spec, context, rng)
+            for pos in answer.positions[: spec.steps - len(steps)]:
+                steps.append(self._measure(spec, trie, context + tuple(generated[:pos.token]), len(steps),
+                                           pos.item, pos.text, answer.flags)[0])
+                if len(steps) > 1:
+                    yield steps[-2]
+            if not answer.positions and not steps and spec.mode == "sequence":  # nothing written: measure the start
+                steps.append(self._measure(spec, trie, context, 0, None, "", answer.flags + ("empty-output",))[0])
+        if not steps:
+            steps.append(self._measure(spec, trie, context, 0, None, "", ("empty-output",))[0])
+        short = ("short-run",) if len(steps) < spec.steps else ()
+        last = steps[-1]
+        yield Step(**{**last.__dict__, "final": True, "flags": tuple(dict.fromkeys(last.flags + short))})
+
+    def _run_constrained(self, spec: RunSpec, trie: ItemTrie, context: tuple[int, ...],
+                         rng: np.random.Generator) -> Iterator[Step]:
+        """Constrained mode: at every position the draw is restricted to the item spellings (renormalised), the
+        separator follows; the unconstrained item probabilities (and so the on-set mass) are what is recorded."""
+        separator = tuple(self.tokenize(spec.task.separator))
         for t in range(spec.steps):
-            rows = self._evaluate(context, lookahead)
-            probs, dists, node_rows = self._item_distribution(context, trie, spec, rows)
-            path, item = self._sample_item(trie, dists, rng)
+            step, dists = self._measure(spec, trie, context, t, None, "", ("constrained",), final=t == spec.steps - 1)
+            paths = end_paths(trie, dists)
+            masses = np.array([m for _, _, m in paths])
+            if masses.sum() > 0:
+                path, item, _ = paths[int(np.searchsorted(np.cumsum(masses), rng.random() * masses.sum(),
+                                                          side="right").clip(0, len(paths) - 1))]
+            else:
+                path, item = (), None
             text = b"".join(self._pieces[tok] for tok in path).decode("utf-8", "replace")
-            record = (TrieLogprobs.from_rows(trie.children, trie.ends, node_rows, spec.derive_temperatures)
-                      if spec.derive_temperatures else None)
-            yield Step(task=task.name, run=spec.run, step=t, probs=tuple(probs.tolist()), sampled=item,
-                       text=text, final=t == spec.steps - 1, trie_logprobs=record,
-                       item_logprobs=item_logprobs(trie, rows[0], len(task.items)))
+            yield Step(**{**step.__dict__, "sampled": item, "text": text})
             if spec.mode == "sequence":
-                # an off-set draw is recorded as invalid; the separator is written in its place, so every run
-                # has `steps` positions and the model keeps its own earlier items in view
-                context = context + (path if item is not None else ()) + separator
+                context = context + path + separator
+
+
+def end_paths(trie: ItemTrie, dists: dict) -> list[tuple[tuple[int, ...], int, float]]:
+    """Every token path that spells an item, with its item and probability (the chain rule's terms)."""
+    out = []
+
+    def walk(node: tuple[int, ...], mass: float) -> None:
+        going_on = 0.0
+        for tok in sorted(trie.children.get(node, ())):
+            q = float(np.exp(dists[node][tok]))
+            going_on += q
+            if q > 0:
+                walk(node + (tok,), mass * q)
+        if node in trie.ends:
+            out.append((node, trie.ends[node], mass * (1.0 - going_on if node in trie.children else 1.0)))
+
+    walk((), 1.0)
+    return out
+
+
+def answer_positions(pieces: Sequence[bytes], matcher: Matcher, limit: int, cut: bool = False):
+    """The local backend's item positions: the protocol's one function (deval.core.answers.find_positions)."""
+    return find_positions(pieces, matcher, limit, cut)

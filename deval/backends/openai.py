@@ -19,13 +19,14 @@ from typing import Iterator, Sequence
 import httpx
 import numpy as np
 
+from deval.core.answers import Position
 from deval.core.protocol import GenerateSpec, RunSpec, Step
 from deval.backends.bridge import stream
 from deval.backends.cache import ResponseCache, request_key
 from deval.backends.choices import FewerChoices, n_from
 from deval.backends.http import Limiter, Refused, RetryPolicy, Transient, Transport
 from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_response
-from deval.backends.positions import Position, find_positions, first_answer_position, item_view
+from deval.backends.positions import find_positions, first_answer_position, item_view
 from deval.backends.presets import ROUTES, get_preset
 from deval.backends.probe import NEUTRAL_EXTENSIONS, Capabilities, ProbeCache, path_for, probe, server_identity
 from deval.backends.sampler_check import FilterEvidence, run_flags
@@ -192,7 +193,7 @@ class OpenAIBackend:
         if route == "chat":
             body |= {"messages": [{"role": "user", "content": spec.prompt}], "logprobs": True, "top_logprobs": top}
         else:
-            body |= {"prompt": spec.prompt + "\n", "logprobs": top}
+            body |= {"prompt": spec.completion, "logprobs": top}  # ends with the task's cue (docs/protocol.md)
         if n > 1:
             body["n"] = n
         body |= dict(self.capabilities().sampling)  # neutral values the server accepted (or the preset's)
@@ -243,7 +244,7 @@ class OpenAIBackend:
                                   flags=extra + ("empty-output",), tail_cap=1.0))
                 continue
             view = item_view(choice.tokens[pos.token], task.items, task.separator, spec.temperature, spec.filters,
-                             raw=raw)
+                             raw=raw, matching=task.matching)
             keyed = ("text-keyed",) if choice.keyed_by == "text" else ()  # text keys can collapse two tokens
             steps.append(Step(task=task.name, run=spec.run, step=t, probs=view.probs, sampled=pos.item, text=pos.text,
                               tail=view.tail, missing=view.missing, flags=extra + keyed + view.flags,
@@ -276,18 +277,15 @@ class OpenAIBackend:
             return await self._stepper.run(transport, spec)
         if spec.mode == "sequence":
             choice = (await self._fetch(transport, route, self._body(spec, route, top, spec.seed), 1))[0]
-            positions, flags = find_positions(choice, task.items, task.separator, spec.steps)
-            if not positions:  # the model wrote no item at all: read the start of its answer, off-set
-                start = first_answer_position(choice, task.items)
-                return self._steps(spec, [(choice, start and Position(start.token, start.text, None))],
-                                   flags + ("no-items-found",))
-            return self._steps(spec, [(choice, p) for p in positions], flags)
+            positions, flags = find_positions(choice, task.items, task.separator, spec.steps, task.matching)
+            return self._steps(spec, [(choice, p) for p in positions] or [(choice, None)], flags)
         if self.capabilities().n and spec.steps > 1:
             choices = await self._split_n(transport, spec, route, top)
         else:
             bodies = [self._body(spec, route, top, spec.seed + 1_000_003 * t) for t in range(spec.steps)]
             choices = [c[0] for c in await asyncio.gather(*(self._fetch(transport, route, b, 1) for b in bodies))]
-        return self._steps(spec, [(c, first_answer_position(c, task.items)) for c in choices[: spec.steps]])
+        return self._steps(spec, [(c, first_answer_position(c, task.items, task.separator, task.matching))
+                                  for c in choices[: spec.steps]])
 
     async def _split_n(self, transport: Transport, spec: RunSpec, route: str, top: int) -> list[Choice]:
         """spec.steps choices in requests of at most the n the server accepts (llama-server: its slot count).
@@ -345,6 +343,9 @@ class OpenAIBackend:
                 self.lowest_concurrency = min(self.lowest_concurrency, limiter.lowest)
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
+        if any(spec.positions != "free" for spec in runs):
+            raise ConfigError("--positions constrained needs an exact backend (local or mock); over HTTP deval "
+                              "measures free positions only")
         self._route()  # probe (and fail clearly) before any thread starts
         self.stepper()
         yield from stream(lambda out, handle: self._produce(runs, out, handle), "deval-openai")

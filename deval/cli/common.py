@@ -13,6 +13,8 @@ from rich.console import Console
 from deval import backends as registry
 from deval.cli import validate
 from deval.cli.validate import Number
+from deval.core.protocol import POSITION_MODES
+from deval.core.summary import MIN_POSITION_MASS
 from deval.core.sampling import FILTER_ORDERS, Filters
 from deval.errors import ConfigError
 from deval.analyses.profile import ProfileConfig
@@ -42,6 +44,11 @@ TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Keep the smal
                                                   parser=Number(float, 0, 1, lo_open=True, example=0.9))]
 MinPOpt = Annotated[Optional[float], typer.Option("--min-p", help="Keep tokens with p >= min_p * max p.",
                                                   parser=Number(float, 0, 1, example=0.05))]
+PositionsOpt = Annotated[str, typer.Option(
+    help="free: the model writes its answer, off-set fields count | constrained: draws restricted to the items.")]
+MinMassOpt = Annotated[float, typer.Option(
+    "--min-mass", help="free positions: below this on-set mass a position is a format failure (default 0.2).",
+    parser=Number(float, 0, 1, example=0.2))]
 FilterOrderOpt = Annotated[str, typer.Option(help="filters-first (llama.cpp) | temperature-first (HF).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/<time>-<model>).",
                                                 parser=validate.out_dir)]
@@ -149,6 +156,11 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     check_range("--temperature", temperature, lo=0, lo_open=True)
     check_local(o["ctx"], o["threads"], o["gpu_layers"])
     filters = filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"])
+    positions = o.get("positions", "free")
+    if positions not in POSITION_MODES:
+        raise ConfigError(f"--positions must be one of {', '.join(POSITION_MODES)} (got {positions})")
+    min_mass = o.get("min_mass", MIN_POSITION_MASS)
+    check_range("--min-mass", min_mass, lo=0, hi=1)
     catalog = TaskCatalog.load(list(o["tasks_dir"]))
     tasks = tuple(catalog.get(ref) for ref in dict.fromkeys(o["task"]))
     validate.distinct_tasks(tasks)
@@ -156,7 +168,7 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     chosen = backend_options(o["backend"], **{k: o.get(k) for k in BACKEND_OPTIONS})
     return ProfileConfig(backend=o["backend"], model=o["model"] or "", tasks=tasks, runs=o["runs"], steps=o["steps"],
                          temperature=temperature, seed=o["seed"], mode=o["mode"], filters=filters,
-                         backend_options=tuple(sorted(chosen.items())))
+                         backend_options=tuple(sorted(chosen.items())), positions=positions, min_mass=min_mass)
 
 
 def with_given_again(config: ProfileConfig, base_url: str | None, api_key_env: str | None) -> ProfileConfig:

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
-                              CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
+                              CtxOpt, FilterOrderOpt, PositionsOpt, MinMassOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
                               NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
                               SamplesOpt, TemperatureOpt, TopPOpt,
@@ -33,6 +33,8 @@ def sweep(
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     filter_order: FilterOrderOpt = "filters-first",
+    positions: PositionsOpt = "free",
+    min_mass: MinMassOpt = 0.2,
     out_dir: OutOpt = None,
     resume: ResumeOpt = None,
     json_out: JsonOpt = False,

@@ -12,7 +12,8 @@ from rich.table import Table
 from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
                               CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
-                              NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
+                              NoCacheOpt, NoProbeOpt, OutOpt, PositionsOpt, MinMassOpt, RawPromptOpt, ResumeOpt,
+                              RetryBudgetOpt, RouteOpt, RunsOpt,
                               SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TokenizerOpt, TopKOpt,
                               TopLogprobsOpt, TemperatureOpt, TopPOpt,
                               check_resume, damaged_summary, err, interrupted, json_summary, out, profile_config,
@@ -22,9 +23,9 @@ from deval.cli.dynamics import render_run
 from deval.cli.recommend import register as register_recommend
 from deval.cli.recommend import render_run as render_recommend_run
 from deval.cli.validate import run_app
-from deval.errors import RunInterrupted
+from deval.errors import ConfigError, RunInterrupted
 from deval.analyses.layers import SCHEMA as LAYERS_SCHEMA
-from deval.analyses.profile import execute, load_config
+from deval.analyses.profile import ProfileConfig, execute, load_config
 from deval.analyses.result import command_for
 from deval.report.layers import render_layers
 from deval.report.profile import render_profile
@@ -67,6 +68,8 @@ def profile(
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     filter_order: FilterOrderOpt = "filters-first",
+    positions: PositionsOpt = "free",
+    min_mass: MinMassOpt = 0.2,
     out_dir: OutOpt = None,
     resume: ResumeOpt = None,
     json_out: JsonOpt = False,
@@ -110,12 +113,17 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
            json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON."),
            plots: Optional[Path] = typer.Option(None, "--plots", help="Write the run's figures (PNG and SVG) here."),
            html_file: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
+           steps_out: str = typer.Option(None, "--steps", help="Print one row per item position: csv | json."),
            ) -> None:
-    """Re-render a finished run from its files, without touching a model; --html / --plots write a page / figures."""
+    """Re-render a finished run from its files, without touching a model; --html / --plots write a page / figures,
+    --steps the per-position rows."""
     from deval.analyses.result import load
 
     result = load(run_dir)
     summary = result.summary
+    if steps_out is not None:
+        _print_steps(RunDir(result.path), summary, steps_out)
+        return
     if json_out:
         print(dumps(RunDir(result.path).summary()))
         return
@@ -143,6 +151,18 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
         render_profile(summary, context["tasks"], context["steps"], console=out, where=str(result.path))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise damaged_summary(result.path, command_for(result.manifest), exc) from None
+
+
+def _print_steps(rd: RunDir, summary: dict, fmt: str) -> None:
+    from deval.report.steps import FORMATS, render_steps, step_rows
+    if fmt not in FORMATS:
+        raise ConfigError(f"--steps must be one of {', '.join(FORMATS)} (got {fmt})")
+    if command_for(rd.manifest()) != "profile":
+        raise ConfigError(f"--steps exports profile runs; {rd.path} is a {command_for(rd.manifest())} run "
+                          f"(its per-temperature profiles are in its T*/ folders)")
+    config = ProfileConfig.from_dict(rd.manifest()["config"])
+    rows = step_rows({t.name: t for t in config.tasks}, rd.steps(), config.min_mass, config.positions)
+    sys.stdout.write(render_steps(rows, fmt))
 
 
 @app.command("tasks")

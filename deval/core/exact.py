@@ -10,8 +10,10 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-# Our reconstruction: an answer ends at a token with no text (an end-of-turn or other special token), a whitespace
-# token holding a newline, or a full stop or comma (optionally followed by whitespace). Leading spaces are allowed.
+# Our reconstruction: an answer ends at an end-of-generation token (EOS, end of turn: the model's own list), a
+# whitespace token holding a newline, or a full stop or comma, the separator (optionally followed by whitespace).
+# Other tokens with no text (control tokens, thousands in some vocabularies) do not end an answer. Leading spaces
+# are allowed.
 END_TEXTS = (b".", b",")
 LEADS = (b"", b" ", b"  ")  # leading spaces a first token may carry
 CACHE_SIZE = 256  # next-token distributions kept in memory (float64 over the vocabulary: ~0.4 MB each for 49k)
@@ -54,8 +56,15 @@ class CachedModel:
 
 
 def ends_answer(text: bytes) -> bool:
-    """True for a token that can follow a complete answer and end it (see END_TEXTS)."""
-    return text == b"" or (not text.strip() and b"\n" in text) or text.rstrip() in END_TEXTS
+    """True for a token text that can follow a complete answer and end it: a newline or END_TEXTS."""
+    return bool(text) and ((not text.strip() and b"\n" in text) or text.rstrip() in END_TEXTS)
+
+
+def end_of_generation(model: ExactModel, pieces: Sequence[bytes]) -> set[int]:
+    """The model's end-of-generation tokens (eog_tokens()); a model that does not say: its empty-text tokens."""
+    if hasattr(model, "eog_tokens"):
+        return set(int(t) for t in model.eog_tokens())
+    return {i for i, b in enumerate(pieces) if b == b""}
 
 
 class Vocab:
@@ -67,7 +76,8 @@ class Vocab:
         order = sorted(range(self.n), key=lambda i: self.bytes[i])
         self._sorted = [self.bytes[i] for i in order]
         self._ids = np.array(order, dtype=np.int64)
-        self.ends = np.array([ends_answer(b) for b in self.bytes])
+        eog = end_of_generation(model, self.bytes)
+        self.ends = np.array([i in eog or ends_answer(b) for i, b in enumerate(self.bytes)])
 
     def with_prefix(self, prefix: bytes) -> np.ndarray:
         """Ids of tokens whose bytes start with `prefix` (non-empty prefix)."""

@@ -86,17 +86,11 @@ def invalid_rate(sampled: np.ndarray) -> float:
     return float((sampled[present] == INVALID).mean()) if present.any() else float("nan")
 
 
-def quota_r(ptok: np.ndarray, sampled: np.ndarray, p_task: np.ndarray) -> np.ndarray:
-    """Per run, Pearson r between residual quota and deviation, pooled over t >= 2 and items.
-
-    Our reconstruction: residual r_t(x) = P_task(x) - c_{<t}(x)/(t-1) with c counting valid samples before t;
-    deviation d_t(x) = P_token_t(x) - P_task(x). r near 0 means no feedback from what was already emitted.
-    """
+def _quota_pairs(ptok: np.ndarray, sampled: np.ndarray, p_task: np.ndarray):
+    """Per run: residual quota and deviation [T-1, K] (t >= 2), and which entries are valid."""
     ptok = np.asarray(ptok, dtype=float)
+    sampled = np.asarray(sampled)
     r_runs, t_steps, k = ptok.shape
-    out = np.full(r_runs, np.nan)
-    if t_steps < 2:
-        return out
     onehot = np.zeros((r_runs, t_steps, k))
     valid = sampled >= 0
     rr, tt = np.nonzero(valid)
@@ -105,13 +99,62 @@ def quota_r(ptok: np.ndarray, sampled: np.ndarray, p_task: np.ndarray) -> np.nda
     positions = np.arange(1, t_steps)[None, :, None]
     residual = p_task[None, None, :] - before / positions
     deviation = ptok[:, 1:, :] - p_task[None, None, :]
-    for r in range(r_runs):
-        x, y = residual[r].ravel(), deviation[r].ravel()
-        ok = ~np.isnan(y) & (sampled[r, 1:, None] != PAD).repeat(k, axis=1).ravel()
-        x, y = x[ok], y[ok]
-        if len(x) > 2 and x.std() > 0 and y.std() > 0:
+    ok = ~np.isnan(deviation) & (sampled[:, 1:, None] != PAD)
+    return residual, deviation, ok
+
+
+def _demeaned(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """x minus its mean over the valid steps, per item (column); 0 where not valid."""
+    x = np.where(ok, x, 0.0)
+    n = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, x.sum(axis=0) / np.maximum(n, 1), 0.0)
+    return np.where(ok, x - mean, 0.0)
+
+
+MIN_QUOTA_SAMPLES = 3  # valid (t, item) pairs a run needs for a quota r
+
+
+def quota_r(ptok: np.ndarray, sampled: np.ndarray, p_task: np.ndarray) -> np.ndarray:
+    """Per run, Pearson r between residual quota and deviation, each de-meaned within item, pooled over t >= 2.
+
+    Our reconstruction: residual r_t(x) = P_task(x) - c_{<t}(x)/(t-1) with c counting valid samples before t;
+    deviation d_t(x) = P_token_t(x) - P_task(x). Both are de-meaned per item over the run's steps, so a constant
+    per-item offset (a model that is simply off P_task, with no feedback) does not read as compensation: r is 0
+    in expectation for a model whose P_token does not depend on what it already wrote, > 0 for one that leans
+    toward the items it still owes. NaN where a run has too few valid samples or a constant residual/deviation.
+    """
+    ptok = np.asarray(ptok, dtype=float)
+    out = np.full(ptok.shape[0], np.nan)
+    if ptok.shape[1] < 2:
+        return out
+    residual, deviation, ok = _quota_pairs(ptok, sampled, np.asarray(p_task, dtype=float))
+    valid = (np.asarray(sampled) >= 0).sum(axis=1)
+    for r in range(ptok.shape[0]):
+        if valid[r] < MIN_QUOTA_SAMPLES or ok[r].sum() < MIN_QUOTA_SAMPLES:
+            continue
+        x, y = _demeaned(residual[r], ok[r])[ok[r]], _demeaned(deviation[r], ok[r])[ok[r]]
+        if x.std() > 1e-12 and y.std() > 1e-12:
             out[r] = float(np.corrcoef(x, y)[0, 1])
     return out
+
+
+def quota_note(ptok: np.ndarray, sampled: np.ndarray, p_task: np.ndarray) -> str | None:
+    """Why quota r is n/a for some runs (None when every run has one)."""
+    values = quota_r(ptok, sampled, p_task)
+    missing = int(np.isnan(values).sum())
+    if not missing:
+        return None
+    ptok = np.asarray(ptok, dtype=float)
+    if ptok.shape[1] < 2:
+        return "needs at least two positions per run"
+    _, _, ok = _quota_pairs(ptok, sampled, np.asarray(p_task, dtype=float))
+    few = int(((ok.sum(axis=(1, 2)) < MIN_QUOTA_SAMPLES) | ((np.asarray(sampled) >= 0).sum(axis=1)
+                                                          < MIN_QUOTA_SAMPLES)).sum())
+    parts = [f"{few} run(s) with fewer than {MIN_QUOTA_SAMPLES} valid samples"] if few else []
+    if missing - few:
+        parts.append(f"{missing - few} run(s) with a constant residual or deviation within every item")
+    return "n/a for " + " and ".join(parts)
 
 
 def chi2_p(pooled_counts: np.ndarray, p_task: np.ndarray) -> float:
@@ -135,9 +178,32 @@ def chi2_p(pooled_counts: np.ndarray, p_task: np.ndarray) -> float:
     return float(stats.chisquare(observed, expected).pvalue)
 
 
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Student-t interval of the mean along the last axis (NaN ignored); NaN where fewer than two values.
+
+    Over runs (10 in the paper) the t interval covers at its nominal level where the percentile bootstrap is too
+    narrow (about 90% at a nominal 95%, tests/test_intervals.py). Zero width only when every value is equal."""
+    from scipy import stats  # imported here: scipy costs a second of start-up
+
+    values = np.asarray(values, dtype=float)
+    n = np.sum(~np.isnan(values), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(values, axis=-1) / np.maximum(n, 1)
+        var = np.nansum((values - mean[..., None]) ** 2, axis=-1) / np.maximum(n - 1, 1)
+        half = stats.t.ppf(0.5 + level / 2.0, np.maximum(n - 1, 1)) * np.sqrt(var / np.maximum(n, 1))
+    lo, hi = np.where(n >= 2, mean - half, np.nan), np.where(n >= 2, mean + half, np.nan)
+    return lo, hi
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The t interval of the mean over runs (NaN runs left out): (nan, nan) with fewer than two runs."""
+    lo, hi = t_interval(np.asarray(values, dtype=float)[None, :], level)
+    return float(lo[0]), float(hi[0])
+
+
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 2000,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over runs (NaN runs are left out)."""
+    """Percentile bootstrap interval of the mean over runs (NaN runs are left out); kept for comparison only."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     if len(values) == 0:

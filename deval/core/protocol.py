@@ -8,8 +8,12 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
+from deval.core.answers import completion_prompt
 from deval.core.sampling import Filters, logsumexp
 from deval.core.tasks import Task
+
+POSITION_MODES = ("free", "constrained")
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -23,10 +27,21 @@ class RunSpec:
     temperature: float = 1.0
     filters: Filters = field(default_factory=Filters)
     derive_temperatures: tuple[float, ...] = ()  # where an exact backend records Step.trie_logprobs at
+    positions: str = "free"  # free | constrained (docs/protocol.md)
 
     @property
     def prompt(self) -> str:
         return self.task.render_prompt(self.mode, self.steps)
+
+    @property
+    def limit(self) -> int:
+        """Item positions one generation yields: all of them in sequence mode, one in independent mode."""
+        return self.steps if self.mode == "sequence" else 1
+
+    @property
+    def completion(self) -> str:
+        """The prompt for a model without a chat template (or a completions route): it ends with the cue."""
+        return completion_prompt(self.prompt, self.task.cue)
 
 
 def run_seed(seed: int, task_name: str, run: int) -> int:

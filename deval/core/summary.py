@@ -1,20 +1,19 @@
-"""From measured steps to the summary: per-task metrics with intervals, and the D/E verdict."""
+"""From measured steps to the summary: per-task metrics with intervals and null references (verdict: core/verdict.py)."""
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from deval.core import metrics
 from deval.core.protocol import Step
+from deval.core.references import null_references
 from deval.core.tasks import Task
+from deval.core.verdict import verdict  # noqa: F401  (the verdict is read from these summaries)  # noqa: F401  (re-exported)
 
-# Our reconstruction of the paper's verdict (see README): thresholds are options, named here.
-D_THRESHOLD = 0.5  # normalised extremity at or above which a model is a D-model
-MIN_ON_SET_MASS = 0.5  # below this mean on-set mass the model does not follow the task format
-VERDICT_TASK = "flat"  # the paper classifies on the flat task at temperature 1
+# Our choice (docs/protocol.md): below this on-set mass a free-mode position is a format failure.
+MIN_POSITION_MASS = 0.2
 
 
 @dataclass(frozen=True)
@@ -57,35 +56,46 @@ class TaskArrays:
 
 
 def bootstrap_stat(per_run: np.ndarray, seed: int, name: str) -> dict:
-    """{"mean": mean over runs (NaN ignored), "ci": seeded 95% bootstrap interval over runs} of per-run values.
+    """{"mean": mean over runs (NaN ignored), "ci": 95% Student-t interval over runs} of per-run values.
 
-    Each quantity resamples runs with its own generator, keyed by (seed, name): adding a metric moves no other
-    interval, and quantities that share a name (e-score and extremity) share their resamples."""
+    (The name is historical: intervals were a percentile bootstrap, which under-covers over 10 runs; seed and
+    name are kept so callers need not change.)"""
     values = np.asarray(per_run, dtype=float)
     mean = float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
-    lo, hi = metrics.bootstrap_ci(values, np.random.default_rng([seed, zlib.crc32(name.encode())]))
+    lo, hi = metrics.mean_ci(values)
     return {"mean": mean, "ci": [lo, hi]}
 
 
-def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
-    """Every per-task number of the report; means carry a seeded 95% bootstrap interval over runs."""
+def summarise_task(task: Task, steps: list[Step], seed: int, min_mass: float = MIN_POSITION_MASS,
+                   positions: str = "free") -> dict:
+    """Every per-task number of the report; means carry a 95% t interval over runs.
+
+    In free mode a position whose on-set mass is below min_mass is a format failure: counted, and left out of
+    e-score, ATVD, entropy, volatility, extremity and quota r (its P_token is a renormalised sliver)."""
     arrays = TaskArrays.from_steps(task, steps)
     p_task = task.p_task
+    present = arrays.sampled != metrics.PAD
+    mass = metrics.on_set_mass(arrays.probs)
+    failed = present & ~(np.nan_to_num(mass, nan=0.0) >= min_mass) if positions == "free" else np.zeros_like(present)
     ptok = metrics.p_token(arrays.probs)
+    ptok = np.where(failed[..., None], np.nan, ptok)
     e_t = np.max(np.where(np.isnan(ptok), -np.inf, ptok), axis=-1)
     e_t = np.where(np.isinf(e_t), np.nan, e_t)
     tv_t = metrics.tv(ptok, p_task)
     run_counts = metrics.counts(arrays.sampled, len(task.items))
     pooled = run_counts.sum(axis=0)
     e_runs = metrics.run_means(e_t)
+    by_step = np.where(present, mass, np.nan)
+    with np.errstate(invalid="ignore"):
+        mass_by_step = [None if np.all(np.isnan(c)) else float(np.nanmean(c)) for c in by_step.T]
     summary = {
         "e_score": bootstrap_stat(e_runs, seed, "e_score"),
         "atvd": bootstrap_stat(metrics.run_means(tv_t), seed, "atvd"),
         "result_tvd": bootstrap_stat(metrics.result_tvd(run_counts, p_task), seed, "result_tvd"),
-        "on_set_mass": bootstrap_stat(metrics.run_means(metrics.on_set_mass(arrays.probs)), seed,
-                                      "on_set_mass"),
+        "on_set_mass": bootstrap_stat(metrics.run_means(np.where(present, mass, np.nan)), seed, "on_set_mass"),
         "volatility": bootstrap_stat(metrics.run_means(metrics.volatility(ptok)), seed, "volatility"),
         "quota_r": bootstrap_stat(metrics.quota_r(ptok, arrays.sampled, p_task), seed, "quota_r"),
+        "quota_r_note": metrics.quota_note(ptok, arrays.sampled, p_task),
         "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), seed, "entropy"),
         "extremity": bootstrap_stat(metrics.extremity(e_runs, p_task), seed, "e_score"),
         "invalid_rate": metrics.invalid_rate(arrays.sampled),
@@ -93,9 +103,16 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
         "pooled_result_tvd": float(metrics.result_tvd(pooled[None, :], p_task)[0]),
         "counts": {x: int(c) for x, c in zip(task.items, pooled)},
         "p_task": {x: w for x, w in zip(task.items, task.weights)},
-        "mean_p_token": {x: float(v) for x, v in zip(task.items, np.nanmean(ptok, axis=(0, 1)))},
+        "mean_p_token": {x: _f(v) for x, v in zip(task.items, _nanmean(ptok))},
         "runs": int(arrays.probs.shape[0]),
-        "positions": int(np.sum(arrays.sampled != metrics.PAD)),
+        "positions": int(np.sum(present)),
+        "positions_mode": positions,
+        "min_mass": float(min_mass),
+        "format_failures": int(failed.sum()),
+        "format_failure_rate": float(failed.sum() / present.sum()) if present.any() else float("nan"),
+        "on_set_mass_by_step": mass_by_step,
+        "runs_identical": _runs_identical(steps),
+        "interval": "95% Student-t over runs",
         "kept_coverage": bootstrap_stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), seed,
                                         "kept_coverage"),
         "tail_mass": bootstrap_stat(metrics.run_means(np.where(arrays.sampled == metrics.PAD, np.nan, arrays.tail)),
@@ -103,7 +120,24 @@ def summarise_task(task: Task, steps: list[Step], seed: int) -> dict:
         "flags": list(arrays.flags),
     }
     summary.update(_tail_bounds(arrays, p_task))
+    summary["references"] = null_references(p_task, arrays.probs.shape[0], present.sum(axis=1), seed)
     return summary
+
+
+def _nanmean(ptok: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        flat = ptok.reshape(-1, ptok.shape[-1])
+        keep = ~np.isnan(flat).any(axis=1)
+        return flat[keep].mean(axis=0) if keep.any() else np.full(ptok.shape[-1], np.nan)
+
+
+def _runs_identical(steps: list[Step]) -> bool:
+    """True when every run's sampled texts are the same sequence (the only case a zero-width interval is honest)."""
+    runs: dict[int, list[tuple[int, str]]] = {}
+    for s in steps:
+        runs.setdefault(s.run, []).append((s.step, s.text))
+    texts = {tuple(t for _, t in sorted(v)) for v in runs.values()}
+    return len(texts) <= 1
 
 
 def _tail_bounds(arrays: TaskArrays, p_task: np.ndarray) -> dict:
@@ -118,39 +152,6 @@ def _tail_bounds(arrays: TaskArrays, p_task: np.ndarray) -> dict:
 
     return {"atvd_bounds": [mean(tv_lo), mean(tv_hi)], "e_score_bounds": [mean(e_lo), mean(e_hi)],
             "missing_rate": float(arrays.missing[present].any(axis=-1).mean()) if present.any() else float("nan")}
-
-
-def verdict(task_summaries: dict[str, dict], temperature: float,
-            d_threshold: float = D_THRESHOLD, min_on_set: float = MIN_ON_SET_MASS) -> dict:
-    """D, E or undetermined, with a one-line reason in plain words (our reconstruction of the paper's rule)."""
-    if not task_summaries:
-        return {"type": "undetermined", "extremity": None, "task": None, "reason": "no task was measured"}
-    name = VERDICT_TASK if VERDICT_TASK in task_summaries else next(iter(task_summaries))
-    s = task_summaries[name]
-    ext, (lo, hi) = s["extremity"]["mean"], s["extremity"]["ci"]
-    e_score, mass = s["e_score"]["mean"], s["on_set_mass"]["mean"]
-    top = max(s["p_task"].values())
-    where = f"on {name}" + ("" if temperature == 1.0 else f" at temperature {temperature:g} (the paper uses 1)")
-    if np.isnan(mass) or mass < min_on_set:
-        return {"type": "undetermined", "extremity": _f(ext), "task": name,
-                "reason": f"{where} only {mass:.0%} of the next-token mass falls on the task's items "
-                          f"(needs {min_on_set:.0%}): the model does not follow the task format"}
-    if np.isnan(ext):
-        return {"type": "undetermined", "extremity": None, "task": name, "reason": f"{where} no step was measured"}
-    steps_say = (f"{where} each step puts on average {e_score:.0%} of its item mass on one item "
-                 f"(P_task's largest is {top:.0%}); extremity {ext:.2f} [{lo:.2f}, {hi:.2f}]")
-    if lo < d_threshold <= hi:
-        return {"type": "undetermined", "extremity": _f(ext), "task": name,
-                "reason": f"{steps_say} straddles the threshold {d_threshold}"}
-    rtvd = s["pooled_result_tvd"]
-    if ext >= d_threshold:
-        aggregate = ("yet the pooled output still matches P_task" if rtvd < 0.15 else
-                     "and the pooled output is off P_task too")
-        return {"type": "D", "extremity": _f(ext), "task": name,
-                "reason": f"{steps_say} >= {d_threshold}: nearly one-hot steps, {aggregate} "
-                          f"(result TVD {rtvd:.2f})"}
-    return {"type": "E", "extremity": _f(ext), "task": name,
-            "reason": f"{steps_say} < {d_threshold}: stable steps close to P_task (ATVD {s['atvd']['mean']:.2f})"}
 
 
 def _f(x: float) -> float | None:

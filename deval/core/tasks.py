@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deval.core.answers import DEFAULT_CUE, DEFAULT_STRIP, Matcher, Matching
 from deval.core.datafiles import data_dir, field_checker, nonempty_string, read_toml
 from deval.errors import ConfigError
 
@@ -30,10 +31,16 @@ class Task:
     steps: int = 30
     separator: str = ","
     source: str = ""
+    cue: str = DEFAULT_CUE  # where the answer starts: prefilled after the chat template, or ends a base model's prompt
+    matching: Matching = Matching()
 
     @property
     def p_task(self) -> np.ndarray:
         return np.asarray(self.weights, dtype=float)
+
+    @property
+    def matcher(self) -> Matcher:
+        return Matcher(self.items, self.separator, self.matching)
 
     def render_prompt(self, mode: str, steps: int) -> str:
         """The prompt for one run: a sequence of `steps` items, or one item in independent mode."""
@@ -50,6 +57,7 @@ class Task:
             "name": self.name, "description": self.description, "items": list(self.items),
             "weights": list(self.weights), "prompt": self.prompt, "single_prompt": self.single_prompt,
             "mode": self.mode, "steps": self.steps, "separator": self.separator, "source": self.source,
+            "cue": self.cue, "match_case": self.matching.case, "strip": self.matching.strip,
         }
 
 
@@ -61,7 +69,8 @@ def builtin_tasks_dir() -> Path:
 def task_from_dict(data: dict, source: str) -> Task:
     """Validate one task's fields; every error names the file, the field and the fix."""
 
-    known = {"name", "description", "items", "weights", "prompt", "single_prompt", "mode", "steps", "separator"}
+    known = {"name", "description", "items", "weights", "prompt", "single_prompt", "mode", "steps", "separator",
+             "cue", "match_case", "strip"}
     fail = field_checker(data, source, known, ("name", "items", "weights", "prompt"))
     name = nonempty_string(data, "name", fail)
     items = data["items"]
@@ -98,6 +107,18 @@ def task_from_dict(data: dict, source: str) -> Task:
     if clash is not None:
         raise fail("items", f"item {clash!r} contains the separator {separator!r}, so its runs cannot be split; "
                             "remove it from the item or set another 'separator'")
+    cue = data.get("cue", DEFAULT_CUE)
+    if not isinstance(cue, str):
+        raise fail("cue", "must be a string such as 'Answer:' (empty for no cue)")
+    case = data.get("match_case", False)
+    if not isinstance(case, bool):
+        raise fail("match_case", "must be true or false")
+    strip = data.get("strip", DEFAULT_STRIP)
+    if not isinstance(strip, str) or any(ch.isalnum() for ch in strip):
+        raise fail("strip", "must be a string of punctuation characters such as '.!?'")
+    if len(Matcher(tuple(items), separator, Matching(case, strip)).keys) != len(items):
+        raise fail("items", "two items are the same under the matching rule (case, stripped punctuation); set "
+                            "match_case = true or make them distinct")
     prompt = _check_template(data["prompt"], "prompt", fail)
     single = data.get("single_prompt",
                       "Pick one item from {items} at random with these probabilities: {distribution}. "
@@ -105,7 +126,8 @@ def task_from_dict(data: dict, source: str) -> Task:
     single = _check_template(single, "single_prompt", fail)
     return Task(name=name.strip(), description=str(data.get("description", "")), items=tuple(items),
                 weights=tuple(float(w) for w in weights), prompt=prompt, single_prompt=single, mode=mode,
-                steps=steps, separator=separator, source=source)
+                steps=steps, separator=separator, source=source, cue=cue.strip(),
+                matching=Matching(case=case, strip=strip))
 
 
 def _check_template(template, fieldname: str, fail) -> str:

@@ -64,7 +64,7 @@ def render_sweep(summary: dict, console: Console | None = None, where: str | Non
             values = np.array([r["derived"]["atvd"]["mean"] if r["derived"] else np.nan for r in rows], dtype=float)
             sparks.add_row("ATVD*", Text(spark(values), style="cyan"))
         lines = [f"ATVD is lowest at T={s['best_temperature']:g} (measured)" if s["best_temperature"] is not None
-                 else "no measured ATVD"]
+                 else s.get("best_temperature_note") or "no measured ATVD"]
         if s.get("best_temperature_derived") is not None:
             lines[0] += f", T={s['best_temperature_derived']:g} (derived)"
         lines.append(f"the model {s['response']}")

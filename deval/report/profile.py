@@ -19,7 +19,8 @@ from deval.core.tasks import Task
 
 SHADES = " ·░▒▓█"
 SPARKS = "▁▂▃▄▅▆▇█"
-VERDICT_STYLE = {"D": "bold red", "E": "bold green", "undetermined": "bold yellow"}
+VERDICT_STYLE = {"D": "bold red", "E": "bold green", "undetermined": "bold yellow", "format failure": "bold red",
+                 "stable but misaligned": "bold magenta", "variable but aligned": "bold cyan"}
 MAX_STRIP = 60  # steps shown in a heat strip
 
 ROWS = [  # key, label, what a calibrated model scores (None: no fixed reference)
@@ -72,6 +73,21 @@ def heat_strip(task: Task, steps: list[Step], run: int | None = None) -> Table:
     return table
 
 
+def format_line(s: dict) -> Text:
+    """How many positions were format failures, and the on-set mass per position (mean over runs)."""
+    mode = s.get("positions_mode", "free")
+    if mode == "constrained":
+        head = (f"positions constrained to the items (draws renormalised); the on-set mass the model would have had "
+                f"is {fmt(s['on_set_mass']['mean'], 2)}")
+    else:
+        head = (f"format failures: {s['format_failures']} of {s['positions']} positions below on-set mass "
+                f"{s['min_mass']:g} (left out of e-score, ATVD, entropy, volatility)")
+    by_step = [np.nan if v is None else v for v in s.get("on_set_mass_by_step", [])][:MAX_STRIP]
+    return Text(f"{head}\non-set mass per position  {spark(np.array(by_step, dtype=float))}  "
+                f"(first {fmt(by_step[0] if by_step else None, 2)}, mean {fmt(s['on_set_mass']['mean'], 2)})",
+                style="yellow" if s.get("format_failures") else "dim")
+
+
 def tail_bounds_line(s: dict) -> Text:
     """Where ATVD and e-score could lie given the unseen tail: [best, worst] next to the point value."""
     parts = []
@@ -91,6 +107,9 @@ def task_panel(task: Task, s: dict, steps: list[Step] | None, filtered: bool = F
     table.add_column("mean", justify="right")
     table.add_column("95% CI over runs", justify="right")
     table.add_column("calibrated", justify="right", style="dim")
+    nulls = s.get("references", {})
+    if nulls:
+        table.add_column("ideal E | D sampler", justify="right", style="dim")
     p = task.p_task
     refs = {"max_p": float(p.max()), "h": float(metrics.entropy(p))}
     for key, label, ref in ROWS:
@@ -98,8 +117,13 @@ def task_panel(task: Task, s: dict, steps: list[Step] | None, filtered: bool = F
         if stat is None:
             continue
         lo, hi = stat["ci"]
-        table.add_row(label, fmt(stat["mean"]), f"[{fmt(lo)}, {fmt(hi)}]",
-                      fmt(refs.get(ref, ref)) if ref is not None else "")
+        mean = fmt(stat["mean"]) if key != "quota_r" or not s.get("quota_r_note") or not math.isnan(
+            stat["mean"] if stat["mean"] is not None else float("nan")) else "n/a"
+        row = [label, mean, f"[{fmt(lo)}, {fmt(hi)}]", fmt(refs.get(ref, ref)) if ref is not None else ""]
+        if nulls:
+            null = nulls.get(key)
+            row.append(f"{fmt(null['E']['mean'], 2)} | {fmt(null['D']['mean'], 2)}" if null else "")
+        table.add_row(*row)
     if filtered and "kept_coverage" in s:
         lo, hi = s["kept_coverage"]["ci"]
         table.add_row("P_task covered by the kept set", fmt(s["kept_coverage"]["mean"]), f"[{fmt(lo)}, {fmt(hi)}]",
@@ -107,6 +131,10 @@ def task_panel(task: Task, s: dict, steps: list[Step] | None, filtered: bool = F
     table.add_row("invalid rate", fmt(s["invalid_rate"]), "", "0.000")
     table.add_row("chi-square p (pooled counts)", fmt(s["chi2_p"], 4), "", "")
     body: list = [table]
+    if s.get("quota_r_note"):
+        body.append(Text(f"quota compensation r: {s['quota_r_note']}", style="yellow"))
+    if "format_failures" in s:
+        body.append(format_line(s))
     if s.get("tail_mass", {}).get("mean", 0) and s["tail_mass"]["mean"] > 0:
         body.append(Text(f"unseen tail mass per step: {fmt(s['tail_mass']['mean'])} (top-k only; see intervals)",
                          style="yellow"))
@@ -128,7 +156,8 @@ def task_panel(task: Task, s: dict, steps: list[Step] | None, filtered: bool = F
     body.append(dist)
     if steps:
         body.append(heat_strip(task, steps, run=min(st.run for st in steps)))
-    title = f"[bold]{task.name}[/] · {s['runs']} runs · {s['positions']} positions"
+    mode = " · constrained" if s.get("positions_mode") == "constrained" else ""
+    title = f"[bold]{task.name}[/] · {s['runs']} runs · {s['positions']} positions{mode}"
     return Panel(Group(*body), title=title, title_align="left", subtitle=task.description, subtitle_align="left")
 
 
@@ -148,8 +177,9 @@ def render_profile(summary: dict, tasks: dict[str, Task], steps: list[Step] | No
         task_steps = [st for st in (steps or []) if st.task == name]
         console.print(task_panel(tasks[name], s, task_steps, filtered=bool(active)))
     v = summary["verdict"]
-    console.print(Panel(Text(v["reason"]), title=f"verdict: [{VERDICT_STYLE[v['type']]}]{v['type']}[/]",
-                        title_align="left"))
+    style = VERDICT_STYLE.get(v["type"], "bold")
+    kind = v["type"] + (" (constrained positions)" if summary.get("positions") == "constrained" else "")
+    console.print(Panel(Text(v["reason"]), title=f"verdict: [{style}]{kind}[/]", title_align="left"))
     if where:
         console.print(f"[dim]run files: {where}[/]")
     from deval.report.legend import PROFILE
