@@ -10,7 +10,7 @@ from deval.core import metrics
 from deval.core.protocol import Step
 from deval.core.references import null_references
 from deval.core.tasks import Task
-from deval.core.verdict import verdict  # noqa: F401  (the verdict is read from these summaries)  # noqa: F401  (re-exported)
+from deval.core.verdict import verdict  # noqa: F401  (the verdict is read from these summaries)
 
 # Our choice (docs/protocol.md): below this on-set mass a free-mode position is a format failure.
 MIN_POSITION_MASS = 0.2
