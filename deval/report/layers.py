@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from deval.report.legend import LAYERS
 from deval.report.charts import MARKS, STYLES, Series, line_chart
 from deval.report.profile import fmt
 
@@ -66,5 +67,6 @@ def render_layers(summary: dict, console: Console | None = None, where: str | No
         console.print(layer_table(name, s, own_tasks.get(name)))
         console.print(top_line(s["top_item"]))
         console.print(layer_chart(s))
+    console.print(f"[dim]legend: {escape(LAYERS)}[/]", highlight=False, soft_wrap=True)
     if where:
         console.print(f"[dim]run directory: {escape(where)}[/]", highlight=False)

@@ -18,8 +18,12 @@ DIVERSITY = ("distinct valid outputs after n samples (higher is better; the idea
 COMPARE = ("difference = B - A of the per-run values, 95% Welch interval over runs; significant when the "
            "Holm-adjusted p across the task's metrics is below 0.05 · lower is better for ATVD, result TVD, "
            "volatility; higher for on-set mass")
+LAYERS = ("per layer, the layer's output through the model's final norm and unembedding (logit lens): on-set mass "
+          "(higher = the items are already the answer), e-score (calibrated = P_task's largest), ATVD (lower is "
+          "better), volatility (lower = steadier); the last layer is the model's own distribution · "
+          "intervals: 95% bootstrap over runs")
 BY_FAMILY = {"deval.profile": PROFILE, "deval.sweep": SWEEP, "deval.calibration": CALIBRATION,
-             "deval.diversity": DIVERSITY}
+             "deval.diversity": DIVERSITY, "deval.layers": LAYERS}
 
 
 def legend_for(schema) -> str:
