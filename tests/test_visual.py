@@ -159,8 +159,7 @@ def test_version_and_json_run_dir(tmp_path):
 
 
 def test_plain_output_when_not_a_terminal(tmp_path):
-    proc = run_cli("profile", "--backend", "mock", "--model", "d", "--task", "coin", "--runs", "2",
-                   "--out", str(tmp_path / "r"))
+    proc = run_cli("profile", "--backend", "mock", "--model", "d", "--out", str(tmp_path / "r"))
     assert proc.returncode == 0 and "\x1b[" not in proc.stdout + proc.stderr  # no colour codes, no bar in a pipe
     assert "verdict: D" in proc.stdout and "legend: e-score" in proc.stdout
 

@@ -19,7 +19,7 @@ from deval.core.sampling import logsumexp
 from deval.core.trie import chain_rule
 from deval.runs.store import (MANIFEST, SUMMARY, RunDir, create_run_dir, default_run_dir, dump_json, parse_config,
                               read_manifest, stopped)
-from deval.core.summary import TaskArrays, bootstrap_stat
+from deval.core.summary import TaskArrays, interval_stat
 
 SCHEMA = "deval.sweep/1"
 MANIFEST_SCHEMA = "deval.sweep-manifest/1"
@@ -209,11 +209,11 @@ def derive_task(task, steps: list[Step], temperatures: tuple[float, ...], seed: 
         ptok = metrics.p_token(probs)
         e_t = np.nanmax(np.where(np.isnan(ptok), -np.inf, ptok), axis=-1)
         e_t = np.where(np.isinf(e_t), np.nan, e_t)
-        out[t] = {"e_score": bootstrap_stat(metrics.run_means(e_t), seed, "derived_e_score"),
-                  "atvd": bootstrap_stat(metrics.run_means(metrics.tv(ptok, task.p_task)), seed, "derived_atvd"),
-                  "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), seed, "derived_entropy")}
+        out[t] = {"e_score": interval_stat(metrics.run_means(e_t), seed, "derived_e_score"),
+                  "atvd": interval_stat(metrics.run_means(metrics.tv(ptok, task.p_task)), seed, "derived_atvd"),
+                  "entropy": interval_stat(metrics.run_means(metrics.entropy(ptok)), seed, "derived_entropy")}
         if absolute:
-            out[t]["on_set_mass"] = bootstrap_stat(metrics.run_means(metrics.on_set_mass(probs)), seed,
+            out[t]["on_set_mass"] = interval_stat(metrics.run_means(metrics.on_set_mass(probs)), seed,
                                                    "derived_on_set_mass")
     return out
 

@@ -55,11 +55,11 @@ class TaskArrays:
                    tail_cap=tail_cap)
 
 
-def bootstrap_stat(per_run: np.ndarray, seed: int, name: str) -> dict:
+def interval_stat(per_run: np.ndarray, seed: int, name: str) -> dict:
     """{"mean": mean over runs (NaN ignored), "ci": 95% Student-t interval over runs} of per-run values.
 
-    (The name is historical: intervals were a percentile bootstrap, which under-covers over 10 runs; seed and
-    name are kept so callers need not change.)"""
+    (Intervals were a percentile bootstrap, which under-covers over 10 runs; seed and name are kept in the
+    signature so callers need not change.)"""
     values = np.asarray(per_run, dtype=float)
     mean = float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
     lo, hi = metrics.mean_ci(values)
@@ -89,15 +89,15 @@ def summarise_task(task: Task, steps: list[Step], seed: int, min_mass: float = M
     with np.errstate(invalid="ignore"):
         mass_by_step = [None if np.all(np.isnan(c)) else float(np.nanmean(c)) for c in by_step.T]
     summary = {
-        "e_score": bootstrap_stat(e_runs, seed, "e_score"),
-        "atvd": bootstrap_stat(metrics.run_means(tv_t), seed, "atvd"),
-        "result_tvd": bootstrap_stat(metrics.result_tvd(run_counts, p_task), seed, "result_tvd"),
-        "on_set_mass": bootstrap_stat(metrics.run_means(np.where(present, mass, np.nan)), seed, "on_set_mass"),
-        "volatility": bootstrap_stat(metrics.run_means(metrics.volatility(ptok)), seed, "volatility"),
-        "quota_r": bootstrap_stat(metrics.quota_r(ptok, arrays.sampled, p_task), seed, "quota_r"),
+        "e_score": interval_stat(e_runs, seed, "e_score"),
+        "atvd": interval_stat(metrics.run_means(tv_t), seed, "atvd"),
+        "result_tvd": interval_stat(metrics.result_tvd(run_counts, p_task), seed, "result_tvd"),
+        "on_set_mass": interval_stat(metrics.run_means(np.where(present, mass, np.nan)), seed, "on_set_mass"),
+        "volatility": interval_stat(metrics.run_means(metrics.volatility(ptok)), seed, "volatility"),
+        "quota_r": interval_stat(metrics.quota_r(ptok, arrays.sampled, p_task), seed, "quota_r"),
         "quota_r_note": metrics.quota_note(ptok, arrays.sampled, p_task),
-        "entropy": bootstrap_stat(metrics.run_means(metrics.entropy(ptok)), seed, "entropy"),
-        "extremity": bootstrap_stat(metrics.extremity(e_runs, p_task), seed, "e_score"),
+        "entropy": interval_stat(metrics.run_means(metrics.entropy(ptok)), seed, "entropy"),
+        "extremity": interval_stat(metrics.extremity(e_runs, p_task), seed, "e_score"),
         "invalid_rate": metrics.invalid_rate(arrays.sampled),
         "chi2_p": metrics.chi2_p(pooled, p_task),
         "pooled_result_tvd": float(metrics.result_tvd(pooled[None, :], p_task)[0]),
@@ -113,9 +113,9 @@ def summarise_task(task: Task, steps: list[Step], seed: int, min_mass: float = M
         "on_set_mass_by_step": mass_by_step,
         "runs_identical": _runs_identical(steps),
         "interval": "95% Student-t over runs",
-        "kept_coverage": bootstrap_stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), seed,
+        "kept_coverage": interval_stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), seed,
                                         "kept_coverage"),
-        "tail_mass": bootstrap_stat(metrics.run_means(np.where(arrays.sampled == metrics.PAD, np.nan, arrays.tail)),
+        "tail_mass": interval_stat(metrics.run_means(np.where(arrays.sampled == metrics.PAD, np.nan, arrays.tail)),
                                     seed, "tail_mass"),
         "flags": list(arrays.flags),
     }

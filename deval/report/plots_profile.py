@@ -113,7 +113,7 @@ def verdict_axes(summary: dict):
     ax.text(D_THRESHOLD, len(VERDICT_METRICS) - 0.45, " D threshold (extremity)", color="#d62728", fontsize=7)
     ax.set_yticks(ys, [label for _, label in VERDICT_METRICS])
     ax.set_ylim(len(VERDICT_METRICS) - 0.5, -0.5)
-    ax.set_xlabel("value (dot: mean; bar: 95% bootstrap interval over runs)")
+    ax.set_xlabel("value (dot: mean; bar: 95% t interval over runs)")
     v = summary.get("verdict") or {}
     ax.set_title(f"verdict: {v.get('type', 'n/a')} (read on {v.get('task') or 'n/a'})")
     if names:
