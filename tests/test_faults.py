@@ -66,7 +66,9 @@ def profile_through_proxy(path: str, out: Path, rate: float):
     with LlamaServer(path) as server, FaultProxy(server.url, rate=rate, outage_s=2.0, hang_s=60.0) as proxy:
         proc = run_cli(*PROFILE, "--base-url", f"http://127.0.0.1:{proxy.port}/v1", "--out", str(out), timeout=900)
         assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout), proxy
+        summary = json.loads(proc.stdout)
+        assert summary.pop("run_dir") == str(out)  # --json names the run directory; the rest must match
+        return summary, proxy
 
 
 @pytest.mark.model
@@ -124,6 +126,8 @@ def test_a_run_that_gives_up_says_how_far_it_got_and_resumes(tmp_path):
     with StubServer() as stub:  # back, on another port: the URL is given again
         resumed = run_cli("profile", "--resume", str(run), "--base-url", stub.url, "--json", timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout) == json.loads(clean.stdout)
+    resumed_summary, clean_summary = json.loads(resumed.stdout), json.loads(clean.stdout)
+    assert resumed_summary.pop("run_dir") and clean_summary.pop("run_dir")  # each names its own directory
+    assert resumed_summary == clean_summary
     records = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
     assert sorted((r["run"], r["step"]) for r in records) == [(r, s) for r in range(8) for s in range(4)]

@@ -124,7 +124,8 @@ def test_profile_run_files_on_the_real_model(tmp_path):
     assert summary["verdict"]["type"] in VERDICT_STYLE and summary["verdict"]["reason"]
     assert summary.pop("run_dir") == str(out) and json.loads((out / "summary.json").read_text()) == summary
     records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
-    assert len(records) == 8
+    # free mode: a run's answer may end before --steps (flag short-run); every run ends in one final record
+    assert len(records) <= 8 and sorted(r["run"] for r in records if r["final"]) == [0, 1]
     assert all(0.0 <= r["on_set_mass"] <= 1.0 + 1e-9 for r in records)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["backend"]["n_vocab"] == 49152 and manifest["filter_order"] == "filters-first"
