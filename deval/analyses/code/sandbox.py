@@ -15,7 +15,6 @@ capped file (past the cap the program is killed by SIGXFSZ).
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Iterable, Iterator
 
-from deval.errors import ConfigError
+from deval.errors import BackendError, ConfigError
 
 MECHANISMS = ("bwrap", "unshare", "rlimits")
 INSTALL = "install bubblewrap (Debian/Ubuntu: apt-get install -y bubblewrap; Fedora: dnf install bubblewrap)"
@@ -155,7 +154,17 @@ class Sandbox:
                 os.chown(work, uid, uid)
             os.chmod(host, 0o755)
             program.chmod(0o644)
-            return self._execute(self._command(program, work, uid), work, output, uid)
+            outcome = self._execute(self._command(program, work, uid), work, output, uid)
+            if not outcome.passed and _wrapper_failed(outcome.detail):
+                # the sandbox's own tools failed before the candidate ran (e.g. setpriv: EAGAIN while the slot's
+                # last fork bomb was still going down): clear the slot and run once more, never score the tools
+                if self.drop_uid:
+                    _reap_uid(uid, patience_s=30.0)
+                outcome = self._execute(self._command(program, work, uid), work, output, uid)
+                if not outcome.passed and _wrapper_failed(outcome.detail):
+                    raise BackendError(f"the sandbox ({self.mechanism}) failed to start a program: "
+                                       f"{outcome.detail.strip().splitlines()[0][:200]}")
+            return outcome
 
     def run_many(self, sources: Iterable[str], workers: int | None = None) -> Iterator[tuple[int, Outcome]]:
         """(index, outcome) for each program as it finishes, `workers` at a time (default: the CPU count)."""
@@ -283,6 +292,12 @@ def _reap_uid(uid: int, patience_s: float = 5.0) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.01)
+
+
+def _wrapper_failed(detail: str | None) -> bool:
+    """The output starts with a message of the sandbox's own tools, not the candidate's."""
+    first = (detail or "").lstrip().split(":", 1)[0]
+    return first in ("setpriv", "unshare", "prlimit", "bwrap")
 
 
 def _owner(entry: os.DirEntry) -> int:
