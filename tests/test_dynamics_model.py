@@ -1,5 +1,7 @@
 """Sweep, calibration and diversity on the real embedded SmolLM2 (marked model; a few seconds each)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -38,9 +40,15 @@ def test_item_logprobs_reproduce_the_measured_item_probabilities(backend):
 
 def test_sweep_end_to_end(backend, tmp_path):
     tasks = (TaskCatalog.load().get("colors"),)
-    config = SweepConfig(ProfileConfig(backend="local", model=backend.model, tasks=tasks, runs=2, steps=2),
-                         (0.5, 1.0, 2.0))
-    summary = run_sweep(config, backend, tmp_path)
+    base = ProfileConfig(backend="local", model=backend.model, tasks=tasks, runs=2, steps=2)
+    # the default minimum on-set mass: the derived numbers leave out the same format failures as the measured ones
+    # (SmolLM2's colours positions may all be failures: then both are nan)
+    strict = run_sweep(SweepConfig(base, (1.0,)), backend, tmp_path / "strict")["tasks"]["colors"]["rows"][0]
+    for key in ("e_score", "atvd", "entropy", "on_set_mass"):
+        assert strict["derived"][key]["mean"] == pytest.approx(strict["measured"][key]["mean"], abs=1e-9,
+                                                               nan_ok=True), key
+    config = SweepConfig(dataclasses.replace(base, min_mass=0.0), (0.5, 1.0, 2.0))  # every position counted
+    summary = run_sweep(config, backend, tmp_path / "sweep")
     rows = summary["tasks"]["colors"]["rows"]
     assert [r["temperature"] for r in rows] == [0.5, 1.0, 2.0]
     # at T=1 the derived numbers re-read the very steps that were measured
@@ -49,17 +57,20 @@ def test_sweep_end_to_end(backend, tmp_path):
     assert t1["derived"]["atvd"]["mean"] == pytest.approx(t1["measured"]["atvd"]["mean"], abs=1e-9)
     derived_e = [r["derived"]["e_score"]["mean"] for r in rows]
     assert derived_e[0] >= derived_e[1] >= derived_e[2]  # along one path, max P_token can only fall with T
-    proc = run_cli("report", str(tmp_path))
+    proc = run_cli("report", str(tmp_path / "sweep"))
     assert proc.returncode == 0 and "temperature sweep" in proc.stdout
 
 
 def test_sweep_derives_multi_token_items_exactly_on_the_real_model(backend, tmp_path):
     """flat's " 7" is " " then "7" in SmolLM2: step 0 (same context at every T) re-tempered from the T=1 trie record
-    equals what each temperature's run measured, item by item and in every derived summary number."""
+    equals what each temperature's run measured, item by item and in every derived summary number.
+
+    Constrained positions: step 0 is at the answer's start at every T (free positions follow each T's own text)."""
     task = TaskCatalog.load().get("flat")
     assert len(backend.tokenize(" 7")) == 2
     temps = (0.5, 1.0, 2.0)
-    config = SweepConfig(ProfileConfig(backend="local", model=backend.model, tasks=(task,), runs=1, steps=1), temps)
+    config = SweepConfig(ProfileConfig(backend="local", model=backend.model, tasks=(task,), runs=1, steps=1,
+                                       positions="constrained"), temps)
     summary = run_sweep(config, backend, tmp_path)
     record = RunDir(tmp_path / "T1").steps()[0].trie_logprobs
     assert record is not None and len(record.nodes) >= 2  # the root and at least the " " node

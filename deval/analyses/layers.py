@@ -16,7 +16,7 @@ import numpy as np
 
 from deval.analyses.profile import ProfileConfig, summarise
 from deval.core.protocol import Step
-from deval.core.summary import summarise_task
+from deval.core.summary import MIN_POSITION_MASS, summarise_task
 from deval.core.tasks import Task
 from deval.errors import ConfigError
 from deval.runs.store import MANIFEST, SUMMARY, RecordLog, create_run_dir, dump_json, read_json
@@ -95,20 +95,21 @@ def summarise_layers(config: ProfileConfig, records: list[dict], lens: dict) -> 
     for task in config.tasks:
         mine = [(s, r) for s, r in zip(steps, records) if s.task == task.name]
         if mine:
-            tasks[task.name] = _task_layers(task, mine, config.seed)
+            tasks[task.name] = _task_layers(task, mine, config.seed, config.min_mass, config.positions)
     return {"schema": SCHEMA, "backend": config.backend, "model": config.model, "temperature": config.temperature,
             "runs": config.runs, "seed": config.seed, "mode": config.mode, "filters": config.filters.to_dict(),
             "lens": lens, "lens_check_max": max(checks) if checks else None,
             "profile": summarise(config, steps), "tasks": tasks}
 
 
-def _task_layers(task: Task, pairs: list[tuple[Step, dict]], seed: int) -> dict:
+def _task_layers(task: Task, pairs: list[tuple[Step, dict]], seed: int, min_mass: float = MIN_POSITION_MASS,
+                 positions: str = "free") -> dict:
     layer_probs = np.array([r["layer_probs"] for _, r in pairs], dtype=float)  # [positions, layers, items]
     n_layer = layer_probs.shape[1]
     rows = []
     for layer in range(n_layer):
         at = [replace(s, probs=tuple(layer_probs[i, layer])) for i, (s, _) in enumerate(pairs)]
-        full = summarise_task(task, at, seed)
+        full = summarise_task(task, at, seed, min_mass, positions)  # the profile's rule at every layer
         rows.append({"layer": layer + 1, **{k: full[k] for k in LAYER_METRICS}, "mean_p_token": full["mean_p_token"]})
     return {"p_task": {x: w for x, w in zip(task.items, task.weights)}, "layers": rows,
             "top_item": top_item_layers(layer_probs, np.array([s.probs for s, _ in pairs], dtype=float))}

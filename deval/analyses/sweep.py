@@ -19,7 +19,7 @@ from deval.core.sampling import logsumexp
 from deval.core.trie import chain_rule
 from deval.runs.store import (MANIFEST, SUMMARY, RunDir, create_run_dir, default_run_dir, dump_json, parse_config,
                               read_manifest, stopped)
-from deval.core.summary import TaskArrays, interval_stat
+from deval.core.summary import MIN_POSITION_MASS, TaskArrays, interval_stat
 
 SCHEMA = "deval.sweep/1"
 MANIFEST_SCHEMA = "deval.sweep-manifest/1"
@@ -189,9 +189,11 @@ def derived_probs(steps: list[Step], n_items: int, temperature: float) -> tuple[
     return out, absolute
 
 
-def derive_task(task, steps: list[Step], temperatures: tuple[float, ...], seed: int) -> dict[float, dict] | None:
+def derive_task(task, steps: list[Step], temperatures: tuple[float, ...], seed: int,
+                min_mass: float = MIN_POSITION_MASS, positions: str = "free") -> dict[float, dict] | None:
     """e-score, ATVD, entropy (and on-set mass) at each temperature along the recorded T=1 trajectory; None if not
-    derivable at every temperature."""
+    derivable at every temperature. Format failures are left out as the measured summary does (free mode: on-set
+    mass at T below min_mass; known only where the trie was recorded)."""
     if not steps:
         return None
     arrays = TaskArrays.from_steps(task, steps)
@@ -207,6 +209,9 @@ def derive_task(task, steps: list[Step], temperatures: tuple[float, ...], seed: 
         for s, v in zip(steps, values):
             probs[index[s.run], s.step] = v
         ptok = metrics.p_token(probs)
+        if absolute and positions == "free":
+            failed = ~(np.nan_to_num(metrics.on_set_mass(probs), nan=0.0) >= min_mass)
+            ptok = np.where(failed[..., None], np.nan, ptok)
         e_t = np.nanmax(np.where(np.isnan(ptok), -np.inf, ptok), axis=-1)
         e_t = np.where(np.isinf(e_t), np.nan, e_t)
         out[t] = {"e_score": interval_stat(metrics.run_means(e_t), seed, "derived_e_score"),
@@ -240,7 +245,7 @@ def summarise_sweep(config: SweepConfig, per_temperature: dict[float, tuple[dict
         reason = derivable_reason
         if reason is None:
             t1_steps = [st for st in per_temperature[1.0][1] if st.task == task.name]
-            derived = derive_task(task, t1_steps, temps, config.base.seed)
+            derived = derive_task(task, t1_steps, temps, config.base.seed, config.base.min_mass, config.base.positions)
             if derived is None:
                 reason = ("the backend recorded no T=1 log-probabilities for this task's item spellings "
                           "(an exact backend records them on the sweep's T=1 run)")

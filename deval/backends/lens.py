@@ -140,6 +140,7 @@ class LensBackend(LocalBackend):
         self._fresh: list[np.ndarray] | None = None
         self._hidden: dict[tuple[int, ...], np.ndarray] = {}
         self._layer_step: LayerStep | None = None
+        self._layer_steps: dict[tuple[str, int, int], LayerStep] = {}  # the current run's, by (task, run, step)
         super().__init__(model, **options)
         if self.head.weight.shape[0] != self.n_vocab:
             raise BackendError(f"the lens's output matrix has {self.head.weight.shape[0]} rows but the model "
@@ -151,8 +152,9 @@ class LensBackend(LocalBackend):
     def measure_layers(self, runs: Sequence[RunSpec]) -> Iterator[tuple[Step, LayerStep]]:
         """Each step of each run as `measure` yields it, with its layer-by-layer view."""
         for spec in runs:
-            for step in self._run(spec):
-                yield step, self._layer_step
+            self._layer_steps = {}
+            for step in self._run(spec):  # _run yields a step after measuring the next: pair by position, not order
+                yield step, self._layer_steps.pop((step.task, step.run, step.step))
 
     def lens_rows(self, hidden: np.ndarray) -> np.ndarray:
         """(positions, n_layer, n_vocab) lens log-probabilities for hidden (positions, n_layer, n_embd)."""
@@ -160,6 +162,11 @@ class LensBackend(LocalBackend):
         return self.head.logprobs(hidden.reshape(p * n_layer, n_embd)).reshape(p, n_layer, -1)
 
     # -- hooks into the local backend ---------------------------------------------------------------------
+
+    def _measure(self, spec, trie, context, step, item, text, flags, final=False):
+        out = super()._measure(spec, trie, context, step, item, text, flags, final)
+        self._layer_steps[(spec.task.name, spec.run, step)] = self._layer_step
+        return out
 
     def _open(self, path: Path, **kwargs):
         with eval_callback(self._capture):
