@@ -23,7 +23,7 @@ from llama_cpp import Llama, llama_chat_format  # noqa: E402
 from deval.core.answers import Matcher, answer_budget, find_positions
 from deval.core.protocol import GenerateSpec, RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, ConfigError
-from deval.core.sampling import draw, log_softmax, sampling_logprobs
+from deval.core.sampling import draw_ranked, log_softmax, sampling_logprobs
 from deval.core.trie import ItemTrie, chain_rule, item_logprobs
 
 CACHE_ROWS = 256  # logprob rows kept for recently evaluated prefixes
@@ -269,7 +269,7 @@ class LocalBackend:
             if len(context) + len(generated) + 1 >= self.n_ctx:
                 break
             row = self._evaluate(context + tuple(generated))[0]
-            tok = draw(sampling_logprobs(row, spec.temperature, spec.filters), rng)
+            tok = draw_ranked(sampling_logprobs(row, spec.temperature, spec.filters), rng)
             if tok in self._eog:
                 cut = False
                 break
@@ -314,13 +314,7 @@ class LocalBackend:
         separator = tuple(self.tokenize(spec.task.separator))
         for t in range(spec.steps):
             step, dists = self._measure(spec, trie, context, t, None, "", ("constrained",), final=t == spec.steps - 1)
-            paths = end_paths(trie, dists)
-            masses = np.array([m for _, _, m in paths])
-            if masses.sum() > 0:
-                path, item, _ = paths[int(np.searchsorted(np.cumsum(masses), rng.random() * masses.sum(),
-                                                          side="right").clip(0, len(paths) - 1))]
-            else:
-                path, item = (), None
+            path, item = pick_path(end_paths(trie, dists), rng)
             text = b"".join(self._pieces[tok] for tok in path).decode("utf-8", "replace")
             yield Step(**{**step.__dict__, "sampled": item, "text": text})
             if spec.mode == "sequence":
@@ -343,6 +337,18 @@ def end_paths(trie: ItemTrie, dists: dict) -> list[tuple[tuple[int, ...], int, f
 
     walk((), 1.0)
     return out
+
+
+def pick_path(paths: list[tuple[tuple[int, ...], int, float]], rng: np.random.Generator) -> tuple[tuple, int | None]:
+    """A constrained draw: one uniform over the paths in item order, each item's spellings most likely first, so that
+    where the draw lands depends on the item probabilities, not on how the tokenizer numbers the spellings (and a
+    top-k that misses a rare spelling, over HTTP, moves no draw)."""
+    paths = sorted((p for p in paths if p[2] > 0), key=lambda p: (p[1], -p[2], p[0]))
+    masses = np.array([m for _, _, m in paths])
+    if not paths:
+        return (), None
+    j = int(np.searchsorted(np.cumsum(masses), rng.random() * masses.sum(), side="right").clip(0, len(paths) - 1))
+    return paths[j][0], paths[j][1]
 
 
 def answer_positions(pieces: Sequence[bytes], matcher: Matcher, limit: int, cut: bool = False):

@@ -343,10 +343,10 @@ class OpenAIBackend:
                 self.lowest_concurrency = min(self.lowest_concurrency, limiter.lowest)
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
-        if any(spec.positions != "free" for spec in runs):
-            raise ConfigError("--positions constrained needs an exact backend (local or mock); over HTTP deval "
-                              "measures free positions only")
         self._route()  # probe (and fail clearly) before any thread starts
+        if any(spec.positions != "free" for spec in runs) and self.stepper() is None:
+            raise ConfigError("--positions constrained needs an exact backend (local or mock) or a step-by-step "
+                              "HTTP run (--tokenizer PATH.gguf); over plain HTTP deval measures free positions only")
         self.stepper()
         yield from stream(lambda out, handle: self._produce(runs, out, handle), "deval-openai")
 

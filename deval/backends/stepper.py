@@ -11,6 +11,7 @@ differently from the token path deval walked is flagged `retokenized`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ import numpy as np
 from deval.backends.http import Refused
 from deval.backends.logprobs import Token
 from deval.errors import BackendError
+from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
 from deval.core.sampling import sampling_logprobs
 from deval.core.trie import chain_rule, item_logprobs
@@ -38,8 +40,12 @@ class Vocab:
 
         from deval.backends.local import LocalBackend, check_model_file, open_llama
 
+        import llama_cpp
+
         self.llm = open_llama(check_model_file(Path(path)), vocab_only=True, verbose=False)
         self.n_vocab = self.llm.n_vocab()
+        model_vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        self.eog = frozenset(i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(model_vocab, i))
         self._pieces = [self.llm.detokenize([i]) for i in range(self.n_vocab)]
         self._tries: dict = {}
         self.raw_prompt = False
@@ -53,23 +59,35 @@ class Vocab:
         for text, ids in shared.items():  # a text several tokens spell (" " and the byte token <0x20>): the one
             canonical = self.tokenize(text) if len(ids) > 1 else ids  # the tokenizer writes for it, as servers do
             self.by_text[text] = canonical[0] if len(canonical) == 1 and canonical[0] in ids else ids[0]
+        # texts a text-keyed server (llama-cpp-python decodes each token with errors="ignore") gets from several
+        # tokens: b" \xe2" shows as " " too, and the last of them overwrites the value of " "
+        spelled: dict[str, int] = {}
+        for piece in self._pieces:
+            text = piece.decode("utf-8", "ignore")
+            spelled[text] = spelled.get(text, 0) + 1
+        self.ambiguous = frozenset(text for text, n in spelled.items() if n > 1)
         self._item_trie = LocalBackend.item_trie
+        self._answer_tokens = LocalBackend.answer_tokens
 
     def tokenize(self, text: str, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-    def item_trie(self, items):
-        return self._item_trie(self, items)
+    def item_trie(self, matcher):
+        return self._item_trie(self, matcher)
+
+    def piece(self, token: int) -> bytes:
+        return self._pieces[token]
 
     def text(self, tokens) -> str:
         return b"".join(self._pieces[t] for t in tokens).decode("utf-8", "replace")
 
-    def prompt(self, prompt: str) -> tuple[str, list[int]]:
-        """The prompt as the model sees it in-process: rendered through the GGUF's chat template, and its tokens."""
+    def prompt(self, spec: RunSpec) -> tuple[str, list[int]]:
+        """The prompt as the local backend builds it (LocalBackend.answer_tokens: the chat template's assistant turn
+        opened and the task's cue prefilled; the completion-style prompt without a template), and its text."""
+        tokens = list(self._answer_tokens(self, spec))
         if self._formatter is None:
-            return prompt, self.tokenize(prompt, special=False)
-        text = self._formatter(messages=[{"role": "user", "content": prompt}]).prompt
-        return text, self.tokenize(text, special=True)
+            return spec.completion, tokens
+        return self._formatter(messages=[{"role": "user", "content": spec.prompt}]).prompt + spec.task.cue, tokens
 
     def token_id(self, key: str, raw: bytes) -> int | None:
         if key.startswith("id:"):
@@ -128,6 +146,8 @@ class Stepper:
             return {}, 0.0
         seen, mass = visible_row(token, self.vocab)
         keys = [a.key for a in token.top]
+        if wanted is None:  # every visible text several tokens spell (free generation draws from all of them)
+            wanted = [self.vocab.by_text[k[2:]] for k in keys if k.startswith("t:") and k[2:] in self.vocab.ambiguous]
         for tok in wanted:
             key = "t:" + self.vocab.text([tok])
             if key not in keys or self.vocab.by_text.get(key[2:]) != tok:
@@ -152,76 +172,131 @@ class Stepper:
         out = sampling_logprobs(row, spec.temperature, spec.filters)
         return {int(i): float(out[i]) for i in ids}
 
-    async def run(self, transport: "Transport", spec: RunSpec) -> list[Step]:
-        rng = np.random.default_rng(spec.seed)
-        task = spec.task
+    def _retokenized(self, text: str, tokens: list[int]) -> bool:
+        """Whether a text prompt would reach the server as other tokens than the path deval walked."""
+        if self.token_prompts is True:
+            return False
+        lead = tokens[:1] if self.vocab._formatter is None and tokens[:1] == [self.vocab.llm.token_bos()] else []
+        return self.vocab.tokenize(text, special=True) != tokens[len(lead):]
+
+    async def _measure(self, transport: "Transport", spec: RunSpec, trie, context: str, tokens: list[int],
+                       step: int, item: int | None, text: str, flags: tuple[str, ...]) -> tuple[Step, dict]:
+        """The Step at one item position (context and tokens end just before the position's token)."""
+        task, vocab = spec.task, self.vocab
+        flags = list(flags) + (["retokenized"] if self._retokenized(context, tokens) else [])
+        rows, masses = {}, {}
+        for node in [()] + sorted(trie.interior(), key=len):
+            if node and (node[:-1] not in rows or node[-1] not in rows[node[:-1]]):
+                continue  # its parent token is not visible: its mass counts as unseen
+            seen, mass = await self._dist(transport, context + vocab.text(node), trie.children.get(node, ()),
+                                          tokens + list(node))
+            masses[node] = mass
+            rows[node] = self._sampling(seen, mass, spec)
+        # a trie token below a node's top-k holds at most that node's smallest visible probability
+        unseen = sum(math.exp(min(rows[n].values(), default=0.0)) * sum(k not in rows[n] for k in kids)
+                     for n in rows for kids in [trie.children.get(n, ())])
+        plain = spec.temperature == 1.0 and not spec.filters.active
+        exact = unseen == 0.0 and (plain or masses[()] >= FULL_MASS)
+        probs = chain_rule(trie.children, trie.ends,
+                           lambda node, tok: math.exp(rows.get(node, {}).get(tok, -math.inf)), len(task.items))
+        missing = tuple(i for i, p in enumerate(probs) if p == 0.0)
+        tail = 0.0 if exact else max(0.0, 1.0 - masses[()]) if not plain else min(unseen, 1.0 - masses[()])
+        if not exact:
+            flags.append("missing-items" if missing else "trie-tokens-below-top-k")
+        known = None
+        if exact and plain:  # rows[()] holds T=1 values
+            root = np.full(vocab.n_vocab, -np.inf)
+            root[list(rows[()])] = list(rows[()].values())
+            known = item_logprobs(trie, root, len(task.items))
+        return Step(task=task.name, run=spec.run, step=step, probs=tuple(probs.tolist()), sampled=item, text=text,
+                    final=False, tail=tail, missing=() if exact else missing, flags=tuple(dict.fromkeys(flags)),
+                    tail_cap=None if exact else tail, item_logprobs=known), rows
+
+    async def _generate(self, transport: "Transport", spec: RunSpec, context: str, tokens: list[int],
+                        rng: np.random.Generator):
+        """LocalBackend._generate over HTTP: one token at a time from the visible row, drawn as the local draw."""
         vocab = self.vocab
-        trie = vocab.item_trie(task.items)
-        separator = vocab.tokenize(task.separator)
-        context, tokens = vocab.prompt(spec.prompt)
-        steps = []
-        for t in range(spec.steps):
-            flags: list[str] = []
-            if self.token_prompts is not True and vocab.tokenize(context, special=True) != tokens:
-                flags.append("retokenized")
-            rows, masses = {}, {}
-            for node in [()] + sorted(trie.interior(), key=len):
-                if node and (node[:-1] not in rows or node[-1] not in rows[node[:-1]]):
-                    continue  # its parent token is not visible: its mass counts as unseen
-                seen, mass = await self._dist(transport, context + vocab.text(node), trie.children.get(node, ()),
-                                              tokens + list(node))
-                masses[node] = mass
-                rows[node] = self._sampling(seen, mass, spec)
-            # a trie token below a node's top-k holds at most that node's smallest visible probability
-            unseen = sum(math.exp(min(rows[n].values(), default=0.0)) * sum(k not in rows[n] for k in kids)
-                         for n in rows for kids in [trie.children.get(n, ())])
-            plain = spec.temperature == 1.0 and not spec.filters.active
-            exact = unseen == 0.0 and (plain or masses[()] >= FULL_MASS)
-            probs = chain_rule(trie.children, trie.ends,
-                               lambda node, tok: math.exp(rows.get(node, {}).get(tok, -math.inf)), len(task.items))
-            missing = tuple(i for i, p in enumerate(probs) if p == 0.0)
-            tail = 0.0 if exact else max(0.0, 1.0 - masses[()]) if not plain else min(unseen, 1.0 - masses[()])
-            if not exact:
-                flags.append("missing-items" if missing else "trie-tokens-below-top-k")
-            path, item, text = self._sample(trie, rows, rng)
-            known = None
-            if exact and spec.temperature == 1.0 and not spec.filters.active:  # rows[()] holds T=1 values
-                root = np.full(vocab.n_vocab, -np.inf)
-                root[list(rows[()])] = list(rows[()].values())
-                known = item_logprobs(trie, root, len(task.items))
-            steps.append(Step(task=task.name, run=spec.run, step=t, probs=tuple(probs.tolist()), sampled=item,
-                              text=text, final=t == spec.steps - 1, tail=tail, missing=() if exact else missing,
-                              flags=tuple(flags), tail_cap=None if exact else tail, item_logprobs=known))
-            if spec.mode == "sequence":  # as the local backend: an off-set draw writes only the separator
-                step_tokens = (list(path) if item is not None else []) + separator
-                context += vocab.text(step_tokens)
-                tokens = tokens + step_tokens
+        generated: list[int] = []
+        pieces: list[bytes] = []
+        flags: set[str] = set()
+        cut = True
+        while len(generated) < answer_budget(spec.task.items, spec.limit):
+            seen, mass = await self._dist(transport, context + vocab.text(generated), None, tokens + generated)
+            row = self._sampling(seen, mass, spec)
+            ids = sorted(row, key=lambda i: (-row[i], i))  # core.sampling.draw_ranked's order, as the local draw
+            if not ids:
+                break
+            cdf = np.cumsum([math.exp(row[i]) for i in ids])
+            u = rng.random()  # scaled by the whole distribution's mass (1), as the local draw
+            j = int(np.searchsorted(cdf, u, side="right"))
+            if j >= len(ids):  # the local draw would take a token below the top-k: the walk leaves its trajectory
+                flags.add("draw-below-top-k")
+            tok = ids[min(j, len(ids) - 1)]
+            if tok in vocab.eog:
+                cut = False
+                break
+            generated.append(tok)
+            pieces.append(vocab.piece(tok))
+            if find_positions(pieces, spec.task.matcher, spec.limit, cut=True).ended:
+                cut = False
+                break
+        answer = find_positions(pieces, spec.task.matcher, spec.limit, cut=cut)
+        return generated, dataclasses.replace(answer, flags=answer.flags + tuple(sorted(flags)))
+
+    async def run(self, transport: "Transport", spec: RunSpec) -> list[Step]:
+        """LocalBackend._run's free mode, step by step over HTTP: the same prompt, positions and draws."""
+        rng = np.random.default_rng(spec.seed)
+        vocab = self.vocab
+        trie = vocab.item_trie(spec.task.matcher)
+        context, tokens = vocab.prompt(spec)
+        if spec.positions == "constrained":
+            return await self._run_constrained(transport, spec, trie, context, tokens, rng)
+        steps: list[Step] = []
+        for _ in range(1 if spec.mode == "sequence" else spec.steps):
+            generated, answer = await self._generate(transport, spec, context, tokens, rng)
+            for pos in answer.positions[: spec.steps - len(steps)]:
+                head = generated[:pos.token]
+                steps.append((await self._measure(transport, spec, trie, context + vocab.text(head), tokens + head,
+                                                  len(steps), pos.item, pos.text, answer.flags))[0])
+            if not answer.positions and not steps and spec.mode == "sequence":  # nothing written: measure the start
+                steps.append((await self._measure(transport, spec, trie, context, tokens, 0, None, "",
+                                                  answer.flags + ("empty-output",)))[0])
+        if not steps:
+            steps.append((await self._measure(transport, spec, trie, context, tokens, 0, None, "", ("empty-output",)))[0])
+        short = ("short-run",) if len(steps) < spec.steps else ()
+        last = steps[-1]
+        steps[-1] = Step(**{**last.__dict__, "final": True, "flags": tuple(dict.fromkeys(last.flags + short))})
         return steps
 
-    def _sample(self, trie, rows: dict, rng: np.random.Generator) -> tuple[tuple[int, ...], int | None, str]:
-        """LocalBackend._sample_item on the visible rows: trie tokens first, one uniform per level."""
-        node: tuple[int, ...] = ()
-        while True:
-            dist = rows.get(node, {})
-            kids = sorted(trie.children.get(node, ()))
-            cum = np.cumsum([math.exp(dist.get(k, -math.inf)) for k in kids]) if kids else np.zeros(1)
-            u = rng.random()
-            if kids and u < cum[-1]:
-                node = node + (kids[int(np.searchsorted(cum, u, side="right"))],)
-                if node not in trie.children:
-                    return node, trie.ends.get(node), self.vocab.text(node)
-                if node not in rows:  # the parent showed it but its own distribution was not asked for
-                    return node, None, self.vocab.text(node)
-                continue
-            if node in trie.ends:
-                return node, trie.ends[node], self.vocab.text(node)
-            rest = {i: v for i, v in dist.items() if i not in trie.children.get(node, ())}
-            ids = sorted(rest)  # the local draw walks the vocabulary in id order: so does this one
-            cdf = np.cumsum([math.exp(rest[i]) for i in ids]) if ids else np.zeros(0)
-            v = rng.random()
-            if len(cdf):
-                total = 1.0 - (cum[-1] if kids else 0.0)
-                j = int(np.searchsorted(cdf, v * total, side="right"))
-                if j < len(ids):
-                    return node + (ids[j],), None, self.vocab.text(node + (ids[j],))
-            return node, None, self.vocab.text(node) + "\ufffd"
+    async def _run_constrained(self, transport: "Transport", spec: RunSpec, trie, context: str, tokens: list[int],
+                               rng: np.random.Generator) -> list[Step]:
+        """LocalBackend._run_constrained over HTTP: each draw among the item spellings (renormalised, over the
+        visible rows), the separator after it; the unconstrained item probabilities are what is recorded."""
+        from deval.backends.local import end_paths, pick_path
+
+        separator = self.vocab.tokenize(spec.task.separator)
+        steps = []
+        for t in range(spec.steps):
+            step, rows = await self._measure(transport, spec, trie, context, tokens, t, None, "", ("constrained",))
+            dists = {node: _Row(row) for node, row in rows.items()}
+            path, item = pick_path(end_paths(trie, _Dists(dists)), rng)
+            steps.append(Step(**{**step.__dict__, "sampled": item, "text": self.vocab.text(path),
+                                 "final": t == spec.steps - 1}))
+            if spec.mode == "sequence":
+                context += self.vocab.text(list(path) + separator)
+                tokens = tokens + list(path) + separator
+        return steps
+
+
+class _Row(dict):
+    """A visible row: a token below the top-k reads as log-probability -inf."""
+
+    def __missing__(self, key):
+        return -math.inf
+
+
+class _Dists(dict):
+    """Trie-node rows: a node whose row was not asked (its parent token not visible) reads as all -inf."""
+
+    def __missing__(self, key):
+        return _Row()
