@@ -8,6 +8,8 @@ run are yielded when its responses are in.
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import os
 import queue
@@ -26,7 +28,7 @@ from deval.backends.cache import ResponseCache, request_key
 from deval.backends.choices import FewerChoices, n_from
 from deval.backends.http import Limiter, Refused, RetryPolicy, Transient, Transport
 from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_response
-from deval.backends.positions import find_positions, first_answer_position, item_view
+from deval.backends.positions import find_positions, item_view
 from deval.backends.presets import ROUTES, get_preset
 from deval.backends.probe import NEUTRAL_EXTENSIONS, Capabilities, ProbeCache, path_for, probe, server_identity
 from deval.backends.sampler_check import FilterEvidence, run_flags
@@ -284,8 +286,10 @@ class OpenAIBackend:
         else:
             bodies = [self._body(spec, route, top, spec.seed + 1_000_003 * t) for t in range(spec.steps)]
             choices = [c[0] for c in await asyncio.gather(*(self._fetch(transport, route, b, 1) for b in bodies))]
-        return self._steps(spec, [(c, first_answer_position(c, task.items, task.separator, task.matching))
-                                  for c in choices[: spec.steps]])
+        found = [find_positions(c, task.items, task.separator, 1, task.matching) for c in choices[: spec.steps]]
+        steps = self._steps(spec, [(c, pos[0] if pos else None) for c, (pos, _) in zip(choices, found)])
+        # each answer's own walk flags (preamble, no-items-found, ...), as in sequence mode
+        return [dataclasses.replace(s, flags=tuple(dict.fromkeys(s.flags + flags))) for s, (_, flags) in zip(steps, found)]
 
     async def _split_n(self, transport: Transport, spec: RunSpec, route: str, top: int) -> list[Choice]:
         """spec.steps choices in requests of at most the n the server accepts (llama-server: its slot count).

@@ -119,7 +119,7 @@ def summarise_task(task: Task, steps: list[Step], seed: int, min_mass: float = M
                                     seed, "tail_mass"),
         "flags": list(arrays.flags),
     }
-    summary.update(_tail_bounds(arrays, p_task))
+    summary.update(_tail_bounds(arrays, p_task, present & ~failed))
     summary["references"] = null_references(p_task, arrays.probs.shape[0], present.sum(axis=1), seed)
     return summary
 
@@ -140,14 +140,15 @@ def _runs_identical(steps: list[Step]) -> bool:
     return len(texts) <= 1
 
 
-def _tail_bounds(arrays: TaskArrays, p_task: np.ndarray) -> dict:
-    """ATVD and e-score as [best, worst] over where an unseen top-k tail could lie (means over runs)."""
+def _tail_bounds(arrays: TaskArrays, p_task: np.ndarray, kept: np.ndarray) -> dict:
+    """ATVD and e-score as [best, worst] over where an unseen top-k tail could lie (means over runs), over the
+    positions the ATVD and e-score themselves keep (format failures left out, as there)."""
     present = arrays.sampled != metrics.PAD
     tv_lo, tv_hi, e_lo, e_hi = metrics.tail_bounds(np.nan_to_num(arrays.probs), arrays.missing & present[..., None],
                                                    arrays.tail, arrays.tail_cap, p_task)
 
     def mean(x: np.ndarray) -> float:
-        runs = metrics.run_means(np.where(present, x, np.nan))
+        runs = metrics.run_means(np.where(kept, x, np.nan))
         return float(np.nanmean(runs)) if np.any(~np.isnan(runs)) else float("nan")
 
     return {"atvd_bounds": [mean(tv_lo), mean(tv_hi)], "e_score_bounds": [mean(e_lo), mean(e_hi)],
