@@ -23,7 +23,7 @@ from llama_cpp import Llama, llama_chat_format  # noqa: E402
 from deval.core.answers import Matcher, answer_budget, find_positions
 from deval.core.protocol import GenerateSpec, RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, ConfigError
-from deval.core.sampling import draw_ranked, log_softmax, sampling_logprobs
+from deval.core.sampling import draw, log_softmax, sampling_logprobs
 from deval.core.trie import ItemTrie, chain_rule, item_logprobs
 
 CACHE_ROWS = 256  # logprob rows kept for recently evaluated prefixes
@@ -269,7 +269,7 @@ class LocalBackend:
             if len(context) + len(generated) + 1 >= self.n_ctx:
                 break
             row = self._evaluate(context + tuple(generated))[0]
-            tok = draw_ranked(sampling_logprobs(row, spec.temperature, spec.filters), rng)
+            tok = draw(sampling_logprobs(row, spec.temperature, spec.filters), rng)
             if tok in self._eog:
                 cut = False
                 break

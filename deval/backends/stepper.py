@@ -223,7 +223,8 @@ class Stepper:
         while len(generated) < answer_budget(spec.task.items, spec.limit):
             seen, mass = await self._dist(transport, context + vocab.text(generated), None, tokens + generated)
             row = self._sampling(seen, mass, spec)
-            ids = sorted(row, key=lambda i: (-row[i], i))  # core.sampling.draw_ranked's order, as the local draw
+            ids = sorted(row)  # core.sampling.draw walks the vocabulary in id order: so does this one (exact only
+            # where the tokens below the top-k hold no mass before the drawn one: a free walk may leave the trajectory)
             if not ids:
                 break
             cdf = np.cumsum([math.exp(row[i]) for i in ids])

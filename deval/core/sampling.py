@@ -105,13 +105,3 @@ def draw(logp: np.ndarray, rng: np.random.Generator) -> int:
     """One index drawn from exp(logp) with an explicit generator (inverse CDF, float64)."""
     cdf = np.cumsum(np.exp(logp - np.max(logp)))  # unnormalised is fine: the draw is scaled by cdf[-1]
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
-
-
-def draw_ranked(logp: np.ndarray, rng: np.random.Generator) -> int:
-    """One index drawn from exp(logp), walking the tokens from most to least likely (ties by index).
-
-    Inverse CDF in this order makes a draw depend only on the head of the distribution: a top-k holding the drawn
-    token's cumulative mass gives the same draw (HTTP step-by-step runs rely on it, deval.backends.stepper)."""
-    order = np.argsort(-logp, kind="stable")
-    cdf = np.cumsum(np.exp(logp[order] - np.max(logp)))
-    return int(order[min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1)])
