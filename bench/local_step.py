@@ -1,14 +1,18 @@
 """Benchmark (not a test): the cost of one item step in deval's local backend against two references.
 
 - floor: a bare llama-cpp-python loop that evaluates the same tokens deval fed (prompt once per run, then each
-  step's new tokens) and reads the last row of logits; nothing else.
+  step's new tokens) and reads the last row of logits; nothing else. Runs use constrained positions, so the
+  tokens fed are known from the steps.
 - route: what a user would otherwise write: create_completion(logprobs=20) with logits_all=True, generating
   the sequence and reading the top-20 at each token; cost per item position found in the output.
 
 Each method runs --repeat times, interleaved, and the best time counts (wall clock and process CPU time; with
 one llama.cpp thread, CPU time is robust to other load on the machine).
 
-Usage: python bench/local_step.py [--task flat] [--runs 3] [--steps 30] [--repeat 3] [--threads N]
+deval runs with its default batch (all runs in one decode, the prompt decoded once and copied to each run) unless
+--batch R is given; --batch 1 still decodes the prompt once per profile.
+
+Usage: python bench/local_step.py [--task flat] [--runs 3] [--steps 30] [--repeat 3] [--threads N] [--batch R]
 """
 
 from __future__ import annotations
@@ -72,11 +76,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--gpu-layers", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
     args = parser.parse_args()
     task = TaskCatalog.load().get(args.task)
-    specs = [RunSpec(task=task, run=r, seed=run_seed(0, task.name, r), mode="sequence", steps=args.steps)
+    specs = [RunSpec(task=task, run=r, seed=run_seed(0, task.name, r), mode="sequence", steps=args.steps,
+                     positions="constrained")
              for r in range(args.runs)]
-    backend = LocalBackend(threads=args.threads, gpu_layers=args.gpu_layers)
+    backend = LocalBackend(threads=args.threads, gpu_layers=args.gpu_layers, batch=args.batch)
     kwargs = dict(n_ctx=backend.n_ctx, threads=args.threads,
                   n_gpu_layers=backend.gpu_layers, verbose=False)
     bare, full = open_llama(backend.model, **kwargs), open_llama(backend.model, logits_all=True, **kwargs)
@@ -100,7 +106,7 @@ def main() -> None:
     n = args.runs * args.steps
     counts = {"deval": n, "floor": n, "route": found}
     print(f"task {task.name}, {args.runs} runs x {args.steps} steps, best of {args.repeat}, threads "
-          f"{args.threads or 'default'}, gpu layers {kwargs['n_gpu_layers']}; deval: {decodes} decode calls for "
+          f"{args.threads or 'default'}, batch {args.batch or 'default'}, gpu layers {kwargs['n_gpu_layers']}; deval: {decodes} decode calls for "
           f"{n} steps; route found {found} item positions")
     print(f"  {'':6s} {'steps/s (wall)':>15s} {'steps/s (cpu)':>15s}")
     rate = {k: (counts[k] / w, counts[k] / c) for k, (w, c) in times.items()}

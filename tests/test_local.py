@@ -202,11 +202,13 @@ def test_next_logprobs_does_not_depend_on_earlier_calls(backend):
 def test_constrained_sampler_draws_items_with_their_renormalised_probabilities(backend):
     """Constrained draws follow p_t(item) / on-set mass, from the same distributions (chi-square), never off-set."""
     from scipy import stats
-    from deval.backends.local import end_paths
+    from deval.backends.local import RunState, end_paths
     s = spec("uniform-10", steps=1)
     trie = backend.item_trie(s.task.matcher)
     context = backend.answer_tokens(s)
-    probs, dists, _ = backend._item_distribution(context, trie, s, backend._evaluate(context, trie.lookahead()))
+    state = RunState()
+    rows = backend._complete(backend._evaluate(state, context, trie.lookahead()))
+    probs, dists, _ = backend._complete(backend._item_distribution(state, context, trie, s, rows))
     paths = end_paths(trie, dists)
     masses = np.array([m for _, _, m in paths])
     rng = np.random.default_rng(0)

@@ -153,7 +153,7 @@ class LensBackend(LocalBackend):
         """Each step of each run as `measure` yields it, with its layer-by-layer view."""
         for spec in runs:
             self._layer_steps = {}
-            for step in self._run(spec):  # _run yields a step after measuring the next: pair by position, not order
+            for step in self._drive(self._run(spec)):  # a step comes after the next is measured: pair by position
                 yield step, self._layer_steps.pop((step.task, step.run, step.step))
 
     def lens_rows(self, hidden: np.ndarray) -> np.ndarray:
@@ -163,8 +163,8 @@ class LensBackend(LocalBackend):
 
     # -- hooks into the local backend ---------------------------------------------------------------------
 
-    def _measure(self, spec, trie, context, step, item, text, flags, final=False):
-        out = super()._measure(spec, trie, context, step, item, text, flags, final)
+    def _measure(self, state, spec, trie, context, step, item, text, flags, final=False):
+        out = yield from super()._measure(state, spec, trie, context, step, item, text, flags, final)
         self._layer_steps[(spec.task.name, spec.run, step)] = self._layer_step
         return out
 
@@ -179,18 +179,19 @@ class LensBackend(LocalBackend):
     def _decoded(self, batch_index: list[int]) -> None:
         self._fresh.extend(self._capture.take(batch_index))
 
-    def _evaluate(self, tokens: tuple[int, ...], lookahead: tuple[int, ...] = ()) -> list[np.ndarray]:
+    def _evaluate(self, state, tokens: tuple[int, ...], lookahead: tuple[int, ...] = ()):
         self._fresh = None
-        rows = super()._evaluate(tokens, lookahead)
+        rows = yield from super()._evaluate(state, tokens, lookahead)
+        self._rows = state.rows  # the current run's rows, beside its layers
         if self._fresh is not None:  # decoded now: keep each prefix's layers with its row
             for i, hidden in enumerate(self._fresh):
                 self._hidden[tokens + lookahead[:i]] = hidden
-        for key in [k for k in self._hidden if k not in self._rows]:
+        for key in [k for k in self._hidden if k not in state.rows]:
             del self._hidden[key]
         return rows
 
-    def _item_distribution(self, context, trie, spec, root_rows):
-        probs, dists, node_rows = super()._item_distribution(context, trie, spec, root_rows)
+    def _item_distribution(self, state, context, trie, spec, root_rows):
+        probs, dists, node_rows = yield from super()._item_distribution(state, context, trie, spec, root_rows)
         nodes = list(node_rows)
         lens = self.lens_rows(np.stack([self._hidden[context + n] for n in nodes]))
         check = max(float(np.max(np.abs(lens[i, -1] - node_rows[n]))) for i, n in enumerate(nodes))

@@ -1,14 +1,19 @@
 """Local GGUF backend through llama-cpp-python: exact next-token distributions over the whole vocabulary.
 
 deval evaluates tokens itself, reads the last row(s) of logits, takes log-softmax in float64, and samples from
-that exact distribution with the run's seeded generator. The KV cache is reused within a run: the prompt is
-evaluated once per run, each item step feeds only its new tokens, and the trie's branch tokens ride along in the
-same batch.
+that exact distribution with the run's seeded generator. The KV cache is reused within a run: each item step feeds
+only its new tokens, and the trie's branch tokens ride along in the same batch.
+
+A run is a generator (`_run`) that yields the decodes it needs (`Decode`) and the steps it measured; a driver
+answers the decodes. `measure` drives runs together (deval.backends.local_batch: the prompt decoded once and copied
+to each run's sequence, R runs per llama_decode); `_drive` answers them one run at a time on the main context (the
+lens). Both give the same bits: a run's decodes and their schedule depend only on the run.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -24,9 +29,26 @@ from deval.core.answers import Matcher, answer_budget, find_positions
 from deval.core.protocol import GenerateSpec, RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, ConfigError
 from deval.core.sampling import draw, log_softmax, sampling_logprobs
-from deval.core.trie import ItemTrie, chain_rule, item_logprobs
+from deval.core.trie import ItemTrie, chain_rule, end_paths, item_logprobs, pick_path  # noqa: F401
 
 CACHE_ROWS = 256  # logprob rows kept for recently evaluated prefixes
+
+
+@dataclass(frozen=True)
+class Decode:
+    """A decode a run needs: `new` after the first n_past tokens of its sequence; rows from index first_wanted on."""
+
+    n_past: int
+    new: list[int]
+    first_wanted: int
+
+
+@dataclass
+class RunState:
+    """One run's KV sequence as the run sees it: the tokens cached, in order, and log-softmax rows by prefix."""
+
+    kv: list[int] = field(default_factory=list)
+    rows: OrderedDict = field(default_factory=OrderedDict)
 
 
 class LocalBackend:
@@ -34,15 +56,17 @@ class LocalBackend:
 
     name = "local"
     exact = True
-    OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt")
+    OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt", "batch")
 
     def __init__(self, model: str | None = None, gpu_layers: int | None = None, threads: int | None = None,
-                 ctx: int | None = None, raw_prompt: bool = False):
+                 ctx: int | None = None, raw_prompt: bool = False, batch: int | None = None):
         path = check_model_file(Path(model)) if model else embedded_model_path()
         self.model = str(path)
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         self.gpu_layers = gpu_layers if gpu_layers is not None else (-1 if self.gpu_offload else 0)
         self.raw_prompt = raw_prompt
+        self.batch = batch  # runs decoded together by measure(); None: chosen from the model and the runs
+        self._pool = None  # deval.backends.local_batch.SeqPool, made by the first measure()
         if ctx and ctx > DEFAULT_CTX:
             check_ctx(path, ctx)
         try:
@@ -60,8 +84,7 @@ class LocalBackend:
         self._formatter = self._chat_formatter()
         vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
         self._eog = frozenset(i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i))
-        self._kv: list[int] = []  # tokens whose keys/values are in the cache, in order
-        self._rows: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._kv: list[int] = []  # tokens in the main context's cache, in order (next_logprobs, generate)
         self._tries: dict[tuple[str, ...], ItemTrie] = {}
         self._prompts: set[tuple[int, ...]] = set()  # prompts next_logprobs decodes as one batch
         self._base: tuple[int, ...] | None = None  # the prompt decoded that way, now in the KV cache
@@ -99,14 +122,12 @@ class LocalBackend:
         tokens = tuple(tokens)
         base = max((p for p in self._prompts if tokens[:len(p)] == p), key=len, default=())
         if not base or tokens == base:
-            self._rows = OrderedDict()
             row = self._decode(0, list(tokens), len(tokens) - 1)[0]
             self._kv, self._base = list(tokens), base or None
             return row
         if self._kv[:len(base)] != list(base) or self._base != base:
             self._decode(0, list(base), len(base) - 1)
             self._base = base
-        self._rows = OrderedDict()  # measure() keeps its own schedule; do not mix the two
         row = self._decode(len(base), list(tokens[len(base):]), len(tokens) - len(base) - 1)[0]
         self._kv = list(base)
         return row
@@ -121,8 +142,35 @@ class LocalBackend:
                 "model_bytes": Path(self.model).stat().st_size}
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
-        for spec in runs:
-            yield from self._run(spec)
+        """The runs' steps, R runs at a time (deval.backends.local_batch); the same numbers as one at a time."""
+        from deval.backends.local_batch import measure_batched
+
+        yield from measure_batched(self, list(runs))
+
+    def _drive(self, run) -> Iterator[Step]:
+        """One run on the main context, its decodes answered one by one (as before batching; the lens uses it)."""
+        self._kv, self._base = [], None  # the main context's cache will hold this run: next_logprobs starts afresh
+        rows = None
+        while True:
+            try:
+                out = run.send(rows)
+            except StopIteration:
+                return
+            rows = None
+            if isinstance(out, Decode):
+                rows = self._decode(out.n_past, out.new, out.first_wanted)
+            else:
+                yield out
+
+    def _complete(self, work):
+        """The return value of one of the run's generators (_evaluate, _measure, ...), decoded on the main context."""
+        rows = None
+        while True:
+            try:
+                req = work.send(rows)
+            except StopIteration as done:
+                return done.value
+            rows = self._decode(req.n_past, req.new, req.first_wanted)
 
     def generate(self, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]]:
         """Free text from deval's own seeded sampler over the exact distribution (deval.backends.local_generate)."""
@@ -131,6 +179,8 @@ class LocalBackend:
         yield from generate(self, specs)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         self.llm.close()
 
     # -- internals -------------------------------------------------------------------------------------
@@ -166,33 +216,33 @@ class LocalBackend:
             self._tries[key] = trie
         return self._tries[key]
 
-    def _evaluate(self, tokens: tuple[int, ...], lookahead: tuple[int, ...] = ()) -> list[np.ndarray]:
-        """Log-softmax rows after `tokens` and after each prefix of tokens + lookahead (cached per prefix).
+    def _evaluate(self, state: RunState, tokens: tuple[int, ...], lookahead: tuple[int, ...] = ()):
+        """Log-softmax rows after `tokens` and after each prefix of tokens + lookahead (cached per prefix); a
+        generator that yields the Decode it needs.
 
         Lookahead tokens are evaluated in the same batch and stay in the KV cache: when the next step's item
         starts with them (SmolLM2 writes " 7" as " " + "7"), they are not decoded again.
         """
         wanted = [tokens + lookahead[:i] for i in range(len(lookahead) + 1)]
-        if all(w in self._rows for w in wanted):
+        if all(w in state.rows for w in wanted):
             for w in wanted:
-                self._rows.move_to_end(w)
-            return [self._rows[w] for w in wanted]
+                state.rows.move_to_end(w)
+            return [state.rows[w] for w in wanted]
         full = list(tokens + lookahead)
         if len(full) >= self.n_ctx:
             raise ConfigError(f"the run needs {len(full)} tokens but the context holds {self.n_ctx}; "
                               f"raise --ctx or lower --steps")
         common = 0
-        limit = min(len(self._kv), len(tokens) - 1)  # re-decode at least the last token to get its logits
-        while common < limit and self._kv[common] == full[common]:
+        limit = min(len(state.kv), len(tokens) - 1)  # re-decode at least the last token to get its logits
+        while common < limit and state.kv[common] == full[common]:
             common += 1
-        new = full[common:]
-        rows = self._decode(common, new, first_wanted=len(tokens) - 1 - common)
-        self._kv = full
+        rows = yield Decode(common, full[common:], len(tokens) - 1 - common)
+        state.kv = full
         for w, row in zip(wanted, rows):
-            self._rows[w] = row
-            self._rows.move_to_end(w)
-        while len(self._rows) > CACHE_ROWS:
-            self._rows.popitem(last=False)
+            state.rows[w] = row
+            state.rows.move_to_end(w)
+        while len(state.rows) > CACHE_ROWS:
+            state.rows.popitem(last=False)
         return rows
 
     def _decode(self, n_past: int, new: list[int], first_wanted: int) -> list[np.ndarray]:
@@ -219,13 +269,13 @@ class LocalBackend:
         llm.input_ids[n_past:n_past + len(new)] = new
         return rows
 
-    def _item_distribution(self, context: tuple[int, ...], trie: ItemTrie, spec: RunSpec,
-                           root_rows: list[np.ndarray]) -> tuple[np.ndarray, dict, dict]:
+    def _item_distribution(self, state: RunState, context: tuple[int, ...], trie: ItemTrie, spec: RunSpec,
+                           root_rows: list[np.ndarray]):
         """p_t(item) under the sampling distribution, by the chain rule down the trie.
 
         An item that is also a prefix of another item ('1' and '10') counts only the mass that does not go on
         into the longer item. Returns the item probabilities, the sampling log-probs at each trie node and the
-        T=1 log-probs at each trie node.
+        T=1 log-probs at each trie node (a generator, like _evaluate).
         """
         lookahead = trie.lookahead()
         node_rows = {lookahead[:i]: row for i, row in enumerate(root_rows)}
@@ -233,7 +283,7 @@ class LocalBackend:
         for node in [()] + trie.interior():
             row = node_rows.get(node)
             if row is None:
-                row = node_rows[node] = self._evaluate(context + node)[0]
+                row = node_rows[node] = (yield from self._evaluate(state, context + node))[0]
             dists[node] = sampling_logprobs(row, spec.temperature, spec.filters)
         probs = chain_rule(trie.children, trie.ends, lambda node, tok: float(np.exp(dists[node][tok])),
                            len(spec.task.items))
@@ -247,18 +297,19 @@ class LocalBackend:
         text = self._formatter(messages=[{"role": "user", "content": spec.prompt}]).prompt + spec.task.cue
         return tuple(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def _measure(self, spec: RunSpec, trie: ItemTrie, context: tuple[int, ...], step: int, item: int | None,
-                 text: str, flags: tuple[str, ...], final: bool = False) -> tuple[Step, dict]:
-        """The Step at one item position (its context ends just before the position's token)."""
-        rows = self._evaluate(context, trie.lookahead())
-        probs, dists, node_rows = self._item_distribution(context, trie, spec, rows)
+    def _measure(self, state: RunState, spec: RunSpec, trie: ItemTrie, context: tuple[int, ...], step: int,
+                 item: int | None, text: str, flags: tuple[str, ...], final: bool = False):
+        """The Step at one item position (its context ends just before the position's token), and the sampling
+        log-probs at each trie node (a generator, like _evaluate)."""
+        rows = yield from self._evaluate(state, context, trie.lookahead())
+        probs, dists, node_rows = yield from self._item_distribution(state, context, trie, spec, rows)
         record = (TrieLogprobs.from_rows(trie.children, trie.ends, node_rows, spec.derive_temperatures)
                   if spec.derive_temperatures else None)
         return Step(task=spec.task.name, run=spec.run, step=step, probs=tuple(probs.tolist()), sampled=item,
                     text=text, final=final, flags=flags, trie_logprobs=record,
                     item_logprobs=item_logprobs(trie, rows[0], len(spec.task.items))), dists
 
-    def _generate(self, spec: RunSpec, context: tuple[int, ...], rng: np.random.Generator):
+    def _generate(self, state: RunState, spec: RunSpec, context: tuple[int, ...], rng: np.random.Generator):
         """Free mode: the model writes its answer token by token under the run's temperature and filters until the
         protocol says the answer ended (deval.core.answers), an end-of-generation token, or the token budget."""
         matcher = spec.task.matcher
@@ -268,7 +319,7 @@ class LocalBackend:
         while len(generated) < answer_budget(spec.task.items, spec.limit):
             if len(context) + len(generated) + 1 >= self.n_ctx:
                 break
-            row = self._evaluate(context + tuple(generated))[0]
+            row = (yield from self._evaluate(state, context + tuple(generated)))[0]
             tok = draw(sampling_logprobs(row, spec.temperature, spec.filters), rng)
             if tok in self._eog:
                 cut = False
@@ -280,75 +331,50 @@ class LocalBackend:
                 break
         return generated, answer_positions(pieces, matcher, spec.limit, cut=cut)
 
-    def _run(self, spec: RunSpec) -> Iterator[Step]:
-        # Each run starts from an empty cache, so its numbers do not depend on which runs came before it
-        # (llama.cpp's kernels differ between batch sizes in the last bits): bit-for-bit reproducible runs,
-        # also across --resume.
-        self._kv, self._rows, self._base = [], OrderedDict(), None
+    def _run(self, spec: RunSpec):
+        """One run: yields each Decode it needs (and takes its rows back) and each Step it measured.
+
+        Each run starts from an empty cache of its own, so its numbers do not depend on which runs came before it or
+        run beside it (llama.cpp's kernels differ between batch sizes in the last bits): bit-for-bit reproducible
+        runs, also across --resume.
+        """
+        state = RunState()
         rng = np.random.default_rng(spec.seed)
         trie = self.item_trie(spec.task.matcher)
         context = self.answer_tokens(spec)
         if spec.positions == "constrained":
-            yield from self._run_constrained(spec, trie, context, rng)
+            yield from self._run_constrained(state, spec, trie, context, rng)
             return
         steps: list[Step] = []
         for _ in range(1 if spec.mode == "sequence" else spec.steps):
-            generated, answer = self._generate(spec, context, rng)
+            generated, answer = yield from self._generate(state, spec, context, rng)
             for pos in answer.positions[: spec.steps - len(steps)]:
-                steps.append(self._measure(spec, trie, context + tuple(generated[:pos.token]), len(steps),
-                                           pos.item, pos.text, answer.flags)[0])
+                steps.append((yield from self._measure(state, spec, trie, context + tuple(generated[:pos.token]),
+                                                       len(steps), pos.item, pos.text, answer.flags))[0])
                 if len(steps) > 1:
                     yield steps[-2]
             if not answer.positions and not steps and spec.mode == "sequence":  # nothing written: measure the start
-                steps.append(self._measure(spec, trie, context, 0, None, "", answer.flags + ("empty-output",))[0])
+                steps.append((yield from self._measure(state, spec, trie, context, 0, None, "",
+                                                       answer.flags + ("empty-output",)))[0])
         if not steps:
-            steps.append(self._measure(spec, trie, context, 0, None, "", ("empty-output",))[0])
+            steps.append((yield from self._measure(state, spec, trie, context, 0, None, "", ("empty-output",)))[0])
         short = ("short-run",) if len(steps) < spec.steps else ()
         last = steps[-1]
         yield Step(**{**last.__dict__, "final": True, "flags": tuple(dict.fromkeys(last.flags + short))})
 
-    def _run_constrained(self, spec: RunSpec, trie: ItemTrie, context: tuple[int, ...],
-                         rng: np.random.Generator) -> Iterator[Step]:
+    def _run_constrained(self, state: RunState, spec: RunSpec, trie: ItemTrie, context: tuple[int, ...],
+                         rng: np.random.Generator):
         """Constrained mode: at every position the draw is restricted to the item spellings (renormalised), the
         separator follows; the unconstrained item probabilities (and so the on-set mass) are what is recorded."""
         separator = tuple(self.tokenize(spec.task.separator))
         for t in range(spec.steps):
-            step, dists = self._measure(spec, trie, context, t, None, "", ("constrained",), final=t == spec.steps - 1)
+            step, dists = yield from self._measure(state, spec, trie, context, t, None, "", ("constrained",),
+                                                   final=t == spec.steps - 1)
             path, item = pick_path(end_paths(trie, dists), rng)
             text = b"".join(self._pieces[tok] for tok in path).decode("utf-8", "replace")
             yield Step(**{**step.__dict__, "sampled": item, "text": text})
             if spec.mode == "sequence":
                 context = context + path + separator
-
-
-def end_paths(trie: ItemTrie, dists: dict) -> list[tuple[tuple[int, ...], int, float]]:
-    """Every token path that spells an item, with its item and probability (the chain rule's terms)."""
-    out = []
-
-    def walk(node: tuple[int, ...], mass: float) -> None:
-        going_on = 0.0
-        for tok in sorted(trie.children.get(node, ())):
-            q = float(np.exp(dists[node][tok]))
-            going_on += q
-            if q > 0:
-                walk(node + (tok,), mass * q)
-        if node in trie.ends:
-            out.append((node, trie.ends[node], mass * (1.0 - going_on if node in trie.children else 1.0)))
-
-    walk((), 1.0)
-    return out
-
-
-def pick_path(paths: list[tuple[tuple[int, ...], int, float]], rng: np.random.Generator) -> tuple[tuple, int | None]:
-    """A constrained draw: one uniform over the paths in item order, each item's spellings most likely first, so that
-    where the draw lands depends on the item probabilities, not on how the tokenizer numbers the spellings (and a
-    top-k that misses a rare spelling, over HTTP, moves no draw)."""
-    paths = sorted((p for p in paths if p[2] > 0), key=lambda p: (p[1], -p[2], p[0]))
-    masses = np.array([m for _, _, m in paths])
-    if not paths:
-        return (), None
-    j = int(np.searchsorted(np.cumsum(masses), rng.random() * masses.sum(), side="right").clip(0, len(paths) - 1))
-    return paths[j][0], paths[j][1]
 
 
 def answer_positions(pieces: Sequence[bytes], matcher: Matcher, limit: int, cut: bool = False):

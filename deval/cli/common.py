@@ -57,6 +57,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary JS
 GpuLayersOpt = Annotated[Optional[int], typer.Option(help="local: layers to offload to the GPU (-1 all).",
                                                     parser=Number(int, -1, 100_000, example=-1))]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="local: CPU threads.", parser=Number(int, 1, 1024, example=4))]
+BatchOpt = Annotated[Optional[int], typer.Option(
+    help="local: runs decoded together (default: all, up to 32, within 1 GiB of KV cache); numbers do not change.",
+    parser=Number(int, 1, 256, example=8))]
 CtxOpt = Annotated[Optional[int], typer.Option(help="local: context size in tokens.",
                                                parser=Number(int, 64, MAX_CTX, example=4096))]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="local: plain text prompt, no chat template.")]
@@ -89,8 +92,8 @@ TokenizerOpt = Annotated[Optional[str], typer.Option(
     "--tokenizer", help="http: the server model's GGUF (read vocab-only): drive runs step by step on the "
                         "completions route, deval drawing each item with the run's seed.")]
 
-BACKEND_OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt", "base_url", "api_key_env", "concurrency", "route",
-                   "top_logprobs", "timeout", "retry_budget", "max_tokens", "cache_dir", "no_cache", "no_probe",
+BACKEND_OPTIONS = ("gpu_layers", "threads", "batch", "ctx", "raw_prompt", "base_url", "api_key_env", "concurrency",
+                   "route", "top_logprobs", "timeout", "retry_budget", "max_tokens", "cache_dir", "no_cache", "no_probe",
                    "tokenizer")
 
 

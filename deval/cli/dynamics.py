@@ -8,11 +8,11 @@ from typing import List, Optional
 
 import typer
 
-from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
-                              CtxOpt, FilterOrderOpt, PositionsOpt, MinMassOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
-                              NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt,
-                              SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt,
-                              SamplesOpt, TemperatureOpt, TopPOpt,
+from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BatchOpt, BackendOpt, BaseUrlOpt, CacheDirOpt,
+                              ConcurrencyOpt, CtxOpt, FilterOrderOpt, PositionsOpt, MinMassOpt, GpuLayersOpt, JsonOpt,
+                              MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt, NoCacheOpt, NoProbeOpt, OutOpt, RawPromptOpt,
+                              ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt, SeedOpt, StepsOpt, TaskOpt, TasksDirOpt,
+                              ThreadsOpt, TimeoutOpt, TopKOpt, TopLogprobsOpt, SamplesOpt, TemperatureOpt, TopPOpt,
                               backend_options, check_local, check_range, check_resume, filters_from, interrupted,
                               json_summary, out, profile_config, progress_bar, with_given_again)
 from deval.errors import ConfigError, RunInterrupted
@@ -40,6 +40,7 @@ def sweep(
     json_out: JsonOpt = False,
     gpu_layers: GpuLayersOpt = None,
     threads: ThreadsOpt = None,
+    batch: BatchOpt = None,
     ctx: CtxOpt = None,
     raw_prompt: RawPromptOpt = False,
     base_url: BaseUrlOpt = None,

@@ -10,12 +10,11 @@ import typer
 from rich.table import Table
 
 from deval import backends as registry
-from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt,
-                              CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt,
-                              NoCacheOpt, NoProbeOpt, OutOpt, PositionsOpt, MinMassOpt, RawPromptOpt, ResumeOpt,
-                              RetryBudgetOpt, RouteOpt, RunsOpt,
-                              SeedOpt, StepsOpt, TaskOpt, TasksDirOpt, ThreadsOpt, TimeoutOpt, TokenizerOpt, TopKOpt,
-                              TopLogprobsOpt, TemperatureOpt, TopPOpt,
+from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BatchOpt, BackendOpt, BaseUrlOpt, CacheDirOpt,
+                              ConcurrencyOpt, CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt,
+                              ModelOpt, ModeOpt, NoCacheOpt, NoProbeOpt, OutOpt, PositionsOpt, MinMassOpt, RawPromptOpt,
+                              ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt, SeedOpt, StepsOpt, TaskOpt, TasksDirOpt,
+                              ThreadsOpt, TimeoutOpt, TokenizerOpt, TopKOpt, TopLogprobsOpt, TemperatureOpt, TopPOpt,
                               check_resume, damaged_summary, err, interrupted, json_summary, out, profile_config,
                               progress_bar, with_given_again)
 from deval.cli.dynamics import register as register_dynamics
@@ -75,6 +74,7 @@ def profile(
     json_out: JsonOpt = False,
     gpu_layers: GpuLayersOpt = None,
     threads: ThreadsOpt = None,
+    batch: BatchOpt = None,
     ctx: CtxOpt = None,
     raw_prompt: RawPromptOpt = False,
     base_url: BaseUrlOpt = None,

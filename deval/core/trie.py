@@ -69,3 +69,33 @@ def item_logprobs(trie: ItemTrie, row: np.ndarray, n_items: int) -> tuple[tuple[
             return None
         out[item].append(float(row[node[0]]))
     return tuple(tuple(x) for x in out)
+
+
+def end_paths(trie: ItemTrie, dists: dict) -> list[tuple[tuple[int, ...], int, float]]:
+    """Every token path that spells an item, with its item and probability (the chain rule's terms)."""
+    out = []
+
+    def walk(node: tuple[int, ...], mass: float) -> None:
+        going_on = 0.0
+        for tok in sorted(trie.children.get(node, ())):
+            q = float(np.exp(dists[node][tok]))
+            going_on += q
+            if q > 0:
+                walk(node + (tok,), mass * q)
+        if node in trie.ends:
+            out.append((node, trie.ends[node], mass * (1.0 - going_on if node in trie.children else 1.0)))
+
+    walk((), 1.0)
+    return out
+
+
+def pick_path(paths: list[tuple[tuple[int, ...], int, float]], rng: np.random.Generator) -> tuple[tuple, int | None]:
+    """A constrained draw: one uniform over the paths in item order, each item's spellings most likely first, so that
+    where the draw lands depends on the item probabilities, not on how the tokenizer numbers the spellings (and a
+    top-k that misses a rare spelling, over HTTP, moves no draw)."""
+    paths = sorted((p for p in paths if p[2] > 0), key=lambda p: (p[1], -p[2], p[0]))
+    masses = np.array([m for _, _, m in paths])
+    if not paths:
+        return (), None
+    j = int(np.searchsorted(np.cumsum(masses), rng.random() * masses.sum(), side="right").clip(0, len(paths) - 1))
+    return paths[j][0], paths[j][1]
