@@ -17,6 +17,7 @@ from typing import Iterator
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals
+from llama_cpp._utils import suppress_stdout_stderr
 
 from deval.backends.local import Decode, LocalBackend
 from deval.core.answers import answer_budget
@@ -48,8 +49,10 @@ def seq_tokens(backend: LocalBackend, runs: list[RunSpec]) -> int:
         else:
             written = answer_budget(spec.task.items, spec.limit)
         need = max(need, len(backend.answer_tokens(spec)) + written + depth + 2)
-    rounded = -(-need // CTX_ROUND) * CTX_ROUND
-    return min(rounded, backend.n_ctx)
+    def rounded(n: int) -> int:  # llama.cpp pads a context to a multiple of 256 tokens
+        return -(-n // CTX_ROUND) * CTX_ROUND
+
+    return min(rounded(need), rounded(backend.n_ctx))  # a run longer than the context stops in _evaluate
 
 
 def default_batch(backend: LocalBackend, n_runs: int, per_seq: int) -> int:
@@ -66,7 +69,8 @@ class SeqPool:
         params = llama_cpp.llama_context_params.from_buffer_copy(backend.llm.context_params)
         params.n_seq_max, params.kv_unified, params.n_ctx = seqs + 1, False, per_seq * (seqs + 1)
         try:
-            self.ctx = _internals.LlamaContext(model=backend.llm._model, params=params, verbose=False)
+            with suppress_stdout_stderr(disable=backend.llm.verbose):
+                self.ctx = _internals.LlamaContext(model=backend.llm._model, params=params, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"llama.cpp could not make a context for {seqs} runs of {per_seq} tokens ({exc}); "
                                f"lower --batch") from None
