@@ -38,6 +38,11 @@ def kv_bytes_per_token(backend: LocalBackend) -> int:
     return 2 * n_layer * (n_embd // max(n_head, 1)) * n_head_kv * 2
 
 
+def rounded(n: int) -> int:
+    """Tokens rounded up to a multiple of 256, as llama.cpp pads a context."""
+    return -(-n // CTX_ROUND) * CTX_ROUND
+
+
 def seq_tokens(backend: LocalBackend, runs: list[RunSpec]) -> int:
     """Tokens one run's sequence can need: its prompt, the most it generates and the deepest item spelling."""
     need = 0
@@ -49,9 +54,6 @@ def seq_tokens(backend: LocalBackend, runs: list[RunSpec]) -> int:
         else:
             written = answer_budget(spec.task.items, spec.limit)
         need = max(need, len(backend.answer_tokens(spec)) + written + depth + 2)
-    def rounded(n: int) -> int:  # llama.cpp pads a context to a multiple of 256 tokens
-        return -(-n // CTX_ROUND) * CTX_ROUND
-
     return min(rounded(need), rounded(backend.n_ctx))  # a run longer than the context stops in _evaluate
 
 
@@ -139,11 +141,9 @@ class SeqPool:
         self.ctx.close()
 
 
-def pool_for(backend: LocalBackend, runs: list[RunSpec]) -> SeqPool:
-    """The backend's pool, made (again) when the runs need more sequences or longer ones than it has."""
-    per_seq = seq_tokens(backend, runs)
-    seqs = backend.batch or default_batch(backend, len(runs), per_seq)
-    seqs = min(seqs, len(runs)) if backend.batch is None else seqs
+def pool_for(backend: LocalBackend, n_works: int, per_seq: int) -> SeqPool:
+    """The backend's pool, made (again) when the work needs more sequences or longer ones than it has."""
+    seqs = backend.batch or default_batch(backend, n_works, per_seq)
     pool = backend._pool
     if pool is None or pool.seqs < seqs or pool.per_seq < per_seq:
         if pool is not None:
@@ -153,16 +153,20 @@ def pool_for(backend: LocalBackend, runs: list[RunSpec]) -> SeqPool:
 
 
 def measure_batched(backend: LocalBackend, runs: list[RunSpec]) -> Iterator[Step]:
-    """Every run's steps, in order within a run: up to pool.seqs runs in flight, each waiting run's decode
-    answered in a batch with the other waiting runs whose chunk has the same length (the largest such group first)."""
-    if not runs:
-        return
-    pool = pool_for(backend, runs)
-    todo = deque(runs)
+    """Every run's steps, in order within a run (any order across runs)."""
+    if runs:
+        yield from together(pool_for(backend, len(runs), seq_tokens(backend, runs)), map(backend._run, runs))
+
+
+def together(pool: SeqPool, works: Iterator) -> Iterator:
+    """What the works (generators of Decode requests and results) yield: up to pool.seqs in flight, each waiting
+    work's decode answered in a batch with the other waiting works whose chunk has the same length (the largest such
+    group first)."""
+    todo = deque(works)
     free = list(range(pool.seqs, 0, -1))
     waiting: dict[int, tuple] = {}  # sequence -> (its run, the Decode it waits for)
 
-    def advance(seq: int, run, rows) -> Iterator[Step]:
+    def advance(seq: int, run, rows) -> Iterator:
         """Run `run` until it needs a decode from the batch (it then waits) or ends (its sequence is freed)."""
         while True:
             try:
@@ -182,7 +186,7 @@ def measure_batched(backend: LocalBackend, runs: list[RunSpec]) -> Iterator[Step
     while todo or waiting:
         while todo and free:
             seq = free.pop()
-            yield from advance(seq, backend._run(todo.popleft()), None)
+            yield from advance(seq, todo.popleft(), None)
         if not waiting:
             continue
         by_length: dict[int, list[int]] = defaultdict(list)

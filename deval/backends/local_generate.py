@@ -3,7 +3,9 @@
 Each token's row is the exact float64 log-softmax; temperature and filters act on it through
 deval.core.sampling and one draw from numpy.random.default_rng(spec.seed) picks the token. The decode schedule is
 fixed (the prompt as one batch from an empty cache, then one token per decode), so a spec's text depends only on
-the spec, not on what was generated before it; consecutive specs with the same prompt reuse its cache entries.
+the spec, not on what was generated before it or beside it. Specs are generated together like a profile's runs
+(deval.backends.local_batch): a prompt is decoded once and copied to each spec's sequence, and the specs' next
+tokens share one decode.
 """
 
 from __future__ import annotations
@@ -43,25 +45,30 @@ def check(spec: GenerateSpec) -> None:
 
 
 def generate(backend, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]]:
-    """Yield (index, text) for each spec in order."""
+    """Yield (index, text) for each spec as it finishes."""
+    from deval.backends.local_batch import pool_for, rounded, together
+
     for spec in specs:
         check(spec)
+    if not specs:
+        return
     ends = end_tokens(backend)
-    prompt_row: tuple[tuple[int, ...], np.ndarray] | None = None
-    for index, spec in enumerate(specs):
-        prompt = prompt_for(backend, spec)
+    prompts = [prompt_for(backend, spec) for spec in specs]
+    for prompt, spec in zip(prompts, specs):
         if len(prompt) + spec.max_tokens >= backend.n_ctx:
             raise ConfigError(f"the prompt ({len(prompt)} tokens) and max_tokens ({spec.max_tokens}) do not fit the "
                               f"context of {backend.n_ctx} tokens; raise --ctx or lower --max-tokens")
-        if prompt_row is None or prompt_row[0] != prompt:
-            row = backend._decode(0, list(prompt), len(prompt) - 1)[0]
-            prompt_row = (prompt, row)
-        yield index, _sample(backend, spec, prompt, prompt_row[1], ends)
-    backend._kv, backend._base = [], None  # the cache now holds a generation: measure() starts afresh
+    per_seq = rounded(max(len(p) + s.max_tokens + 1 for p, s in zip(prompts, specs)))
+    pool = pool_for(backend, len(specs), per_seq)
+    yield from together(pool, (_sample(backend, i, s, p, ends) for i, (s, p) in enumerate(zip(specs, prompts))))
 
 
-def _sample(backend, spec: GenerateSpec, prompt: tuple[int, ...], row: np.ndarray, ends: frozenset[int]) -> str:
+def _sample(backend, index: int, spec: GenerateSpec, prompt: tuple[int, ...], ends: frozenset[int]):
+    """One generation: yields the decodes it needs (deval.backends.local.Decode), then (index, text)."""
+    from deval.backends.local import Decode
+
     rng = np.random.default_rng(spec.seed)
+    row = (yield Decode(0, list(prompt), len(prompt) - 1))[0]
     out = bytearray()
     n_past = len(prompt)
     for produced in range(spec.max_tokens):
@@ -72,9 +79,10 @@ def _sample(backend, spec: GenerateSpec, prompt: tuple[int, ...], row: np.ndarra
         if spec.stop:
             text, stopped = cut_at_stop(out.decode("utf-8", "ignore"), spec.stop)
             if stopped:
-                return text
+                yield index, text
+                return
         if produced + 1 == spec.max_tokens:
             break
-        row = backend._decode(n_past, [token], 0)[0]  # drops any cache entries past n_past first
+        row = (yield Decode(n_past, [token], 0))[0]  # drops any cache entries past n_past first
         n_past += 1
-    return out.decode("utf-8", "replace")
+    yield index, out.decode("utf-8", "replace")
