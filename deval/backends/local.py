@@ -25,6 +25,7 @@ from deval.backends.llama_load import (DEFAULT_CTX, EMBEDDED_NAME, EMBEDDED_PACK
 
 import numpy as np  # noqa: E402
 from llama_cpp import Llama, llama_chat_format  # noqa: E402
+from deval.backends.local_batch import Decode, measure_batched
 from deval.core.answers import Matcher, answer_budget, find_positions
 from deval.core.protocol import GenerateSpec, RunSpec, Step, TrieLogprobs
 from deval.errors import BackendError, ConfigError
@@ -32,15 +33,6 @@ from deval.core.sampling import draw, log_softmax, sampling_logprobs
 from deval.core.trie import ItemTrie, chain_rule, end_paths, item_logprobs, pick_path  # noqa: F401
 
 CACHE_ROWS = 256  # logprob rows kept for recently evaluated prefixes
-
-
-@dataclass(frozen=True)
-class Decode:
-    """A decode a run needs: `new` after the first n_past tokens of its sequence; rows from index first_wanted on."""
-
-    n_past: int
-    new: list[int]
-    first_wanted: int
 
 
 @dataclass
@@ -143,8 +135,6 @@ class LocalBackend:
 
     def measure(self, runs: Sequence[RunSpec]) -> Iterator[Step]:
         """The runs' steps, R runs at a time (deval.backends.local_batch); the same numbers as one at a time."""
-        from deval.backends.local_batch import measure_batched
-
         yield from measure_batched(self, list(runs))
 
     def _drive(self, run) -> Iterator[Step]:

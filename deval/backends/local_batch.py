@@ -1,25 +1,28 @@
 """Runs decoded together on the local backend: the prompt once per profile, R runs per llama_decode (issue 17).
 
-Each run gets a KV sequence of its own in a second llama.cpp context, with one KV stream per sequence
-(kv_unified off), so what a run reads does not depend on the runs beside it. Two rules keep its numbers the same
+Each run gets a KV sequence of its own in a second llama.cpp context, with one KV stream per sequence (kv_unified
+off), so what a run reads does not depend on the runs beside it. Two rules keep its numbers the same
 bits as decoding it alone (tests/test_local_batch.py compares them):
 - a run's chunk of new tokens is decoded whole: llama.cpp splits a batch whose sequences bring unequal chunks, and
   a split chunk moves the numbers in their last bits, so runs are grouped by chunk length;
 - a run's first decode (its prompt, from an empty cache) is done once in sequence 0 and copied to the run's
   sequence (llama_memory_seq_cp): the same cache and rows as decoding it again, for the cost of a copy.
+`backend` is a deval.backends.local.LocalBackend throughout.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from typing import Iterator
 
-import llama_cpp
-import numpy as np
-from llama_cpp import _internals
-from llama_cpp._utils import suppress_stdout_stderr
+from deval.backends import llama_load  # noqa: F401  (before llama_cpp: the OpenMP wait policy)
 
-from deval.backends.local import Decode, LocalBackend
+import llama_cpp  # noqa: E402
+import numpy as np  # noqa: E402
+from llama_cpp import _internals  # noqa: E402
+from llama_cpp._utils import suppress_stdout_stderr  # noqa: E402
+
 from deval.core.answers import answer_budget
 from deval.core.protocol import RunSpec, Step
 from deval.core.sampling import log_softmax
@@ -30,7 +33,16 @@ KV_BUDGET = 1 << 30  # bytes of KV cache the default batch may take
 CTX_ROUND = 256
 
 
-def kv_bytes_per_token(backend: LocalBackend) -> int:
+@dataclass(frozen=True)
+class Decode:
+    """A decode a run needs: `new` after the first n_past tokens of its sequence; rows from index first_wanted on."""
+
+    n_past: int
+    new: list[int]
+    first_wanted: int
+
+
+def kv_bytes_per_token(backend) -> int:
     """Bytes of K and V cache one token takes (f16, every layer)."""
     model = backend.llm._model.model
     n_layer, n_embd = llama_cpp.llama_model_n_layer(model), llama_cpp.llama_model_n_embd(model)
@@ -43,7 +55,7 @@ def rounded(n: int) -> int:
     return -(-n // CTX_ROUND) * CTX_ROUND
 
 
-def seq_tokens(backend: LocalBackend, runs: list[RunSpec]) -> int:
+def seq_tokens(backend, runs: list[RunSpec]) -> int:
     """Tokens one run's sequence can need: its prompt, the most it generates and the deepest item spelling."""
     need = 0
     for spec in runs:
@@ -57,7 +69,7 @@ def seq_tokens(backend: LocalBackend, runs: list[RunSpec]) -> int:
     return min(rounded(need), rounded(backend.n_ctx))  # a run longer than the context stops in _evaluate
 
 
-def default_batch(backend: LocalBackend, n_runs: int, per_seq: int) -> int:
+def default_batch(backend, n_runs: int, per_seq: int) -> int:
     """Runs decoded together unless --batch says: all of them up to MAX_BATCH, within KV_BUDGET of cache."""
     fits = KV_BUDGET // max(per_seq * kv_bytes_per_token(backend), 1)
     return int(max(1, min(n_runs, MAX_BATCH, fits)))
@@ -66,7 +78,7 @@ def default_batch(backend: LocalBackend, n_runs: int, per_seq: int) -> int:
 class SeqPool:
     """A llama.cpp context of `seqs` run sequences (ids 1..seqs) and sequence 0, which holds the last prompt."""
 
-    def __init__(self, backend: LocalBackend, seqs: int, per_seq: int):
+    def __init__(self, backend, seqs: int, per_seq: int):
         self.backend, self.seqs, self.per_seq = backend, seqs, per_seq
         params = llama_cpp.llama_context_params.from_buffer_copy(backend.llm.context_params)
         params.n_seq_max, params.kv_unified, params.n_ctx = seqs + 1, False, per_seq * (seqs + 1)
@@ -141,7 +153,7 @@ class SeqPool:
         self.ctx.close()
 
 
-def pool_for(backend: LocalBackend, n_works: int, per_seq: int) -> SeqPool:
+def pool_for(backend, n_works: int, per_seq: int) -> SeqPool:
     """The backend's pool, made (again) when the work needs more sequences or longer ones than it has."""
     seqs = backend.batch or default_batch(backend, n_works, per_seq)
     pool = backend._pool
@@ -152,7 +164,7 @@ def pool_for(backend: LocalBackend, n_works: int, per_seq: int) -> SeqPool:
     return pool
 
 
-def measure_batched(backend: LocalBackend, runs: list[RunSpec]) -> Iterator[Step]:
+def measure_batched(backend, runs: list[RunSpec]) -> Iterator[Step]:
     """Every run's steps, in order within a run (any order across runs)."""
     if runs:
         yield from together(pool_for(backend, len(runs), seq_tokens(backend, runs)), map(backend._run, runs))

@@ -65,7 +65,7 @@ def generate(backend, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]
 
 def _sample(backend, index: int, spec: GenerateSpec, prompt: tuple[int, ...], ends: frozenset[int]):
     """One generation: yields the decodes it needs (deval.backends.local.Decode), then (index, text)."""
-    from deval.backends.local import Decode
+    from deval.backends.local_batch import Decode
 
     rng = np.random.default_rng(spec.seed)
     row = (yield Decode(0, list(prompt), len(prompt) - 1))[0]
