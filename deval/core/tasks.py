@@ -6,8 +6,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from deval.core.answers import DEFAULT_CUE, DEFAULT_STRIP, Matcher, Matching
 from deval.core.datafiles import data_dir, field_checker, nonempty_string, read_toml
 from deval.errors import ConfigError
@@ -35,7 +33,9 @@ class Task:
     matching: Matching = Matching()
 
     @property
-    def p_task(self) -> np.ndarray:
+    def p_task(self) -> "np.ndarray":
+        import numpy as np  # here: 'deval tasks' and --help load no numpy
+
         return np.asarray(self.weights, dtype=float)
 
     @property
