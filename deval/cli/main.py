@@ -103,7 +103,8 @@ def profile(
     if json_out:
         print(dumps(json_summary(result)))
     else:
-        render_profile(result.summary, {t.name: t for t in config.tasks}, RunDir(result.path).steps(), console=out,
+        first_runs = RunDir(result.path).first_run_steps()  # the heat strips show one run: the rest stays on disk
+        render_profile(result.summary, {t.name: t for t in config.tasks}, first_runs, console=out,
                        where=str(result.path))
 
 
@@ -150,7 +151,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
             return
         if render_run(summary, result.path, out) or render_recommend_run(summary, result.path, out):  # not profile
             return
-        context = result.context()
+        context = result.context(first_run_only=True)  # the heat strips show one run: the rest stays on disk
         render_profile(summary, context["tasks"], context["steps"], console=out, where=str(result.path))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise damaged_summary(result.path, command_for(result.manifest), exc) from None
