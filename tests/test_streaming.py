@@ -81,6 +81,30 @@ def test_collector_equals_the_batch_arrays_on_random_steps(seed):
     assert got.flags == want.flags and len(collector) == len(steps)
 
 
+def batch_runs_identical(steps: list[Step]) -> bool:
+    """Whether every run sampled the same texts in step order, from a list of every step."""
+    runs: dict[int, list[tuple[int, str]]] = {}
+    for s in steps:
+        runs.setdefault(s.run, []).append((s.step, s.text))
+    return len({tuple(t for _, t in sorted(v)) for v in runs.values()}) <= 1
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_runs_identical_streamed_equals_the_batch_answer(seed):
+    rng = np.random.default_rng(seed)
+    texts = [str(x) for x in rng.choice(["a", "b", "c", "<other>"], size=int(rng.integers(1, 6)))]
+    runs = {r: list(texts) for r in range(int(rng.integers(1, 5)))}
+    change = rng.integers(3)  # 0: all alike, 1: one text differs, 2: one run shorter
+    if change == 1 and len(runs) > 1:
+        runs[1][int(rng.integers(len(texts)))] = "d"
+    if change == 2 and len(runs) > 1 and len(texts) > 1:
+        runs[1] = runs[1][:-1]
+    steps = [Step(task="abc", run=r, step=t, probs=(0.25,) * 4, sampled=None, text=x)
+             for r, xs in runs.items() for t, x in enumerate(xs)]
+    steps = [steps[i] for i in rng.permutation(len(steps))]  # any arrival order
+    assert StepCollector.of(TASK, steps).runs_identical() == batch_runs_identical(steps)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_summary_from_a_stream_equals_the_summary_from_a_list(seed):
     steps = random_steps(TASK, np.random.default_rng(100 + seed))

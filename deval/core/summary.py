@@ -49,7 +49,8 @@ class StepCollector:
         self._probs, self._tail, self._tail_cap = array("d"), array("d"), array("d")
         self._missing: list[tuple[int, int]] = []  # (entry, item index) of items absent from a visible top-k
         self._flags: set[str] = set()
-        self._texts: dict[int, dict[int, str]] = {}  # run -> step -> sampled text (runs_identical)
+        self._text_ids: dict[str, int] = {}  # each distinct sampled text once; entries hold its number
+        self._text = array("q")
 
     @classmethod
     def of(cls, task: Task, steps: Iterable[Step]) -> "StepCollector":
@@ -73,7 +74,7 @@ class StepCollector:
         self._tail_cap.append(s.tail if s.tail_cap is None else s.tail_cap)
         self._missing.extend((entry, i) for i in s.missing)
         self._flags.update(s.flags)
-        self._texts.setdefault(s.run, {})[s.step] = s.text
+        self._text.append(self._text_ids.setdefault(s.text, len(self._text_ids)))
 
     def arrays(self) -> TaskArrays:
         """Padded arrays: runs in order of their number, positions by step (a later duplicate overwrites)."""
@@ -98,8 +99,18 @@ class StepCollector:
 
     def runs_identical(self) -> bool:
         """True when every run's sampled texts are the same sequence (the only case a zero-width interval is honest)."""
-        texts = {tuple(t for _, t in sorted(v.items())) for v in self._texts.values()}
-        return len(texts) <= 1
+        if not len(self):
+            return True
+        run, step = np.frombuffer(self._run, dtype=np.int64), np.frombuffer(self._step, dtype=np.int64)
+        order = np.lexsort((np.arange(len(self)), step, run))  # by run, then step; a later duplicate last
+        run, step, text = run[order], step[order], np.frombuffer(self._text, dtype=np.int64)[order]
+        last = np.append((run[1:] != run[:-1]) | (step[1:] != step[:-1]), True)
+        run, text = run[last], text[last]
+        _, counts = np.unique(run, return_counts=True)
+        if np.any(counts != counts[0]):
+            return False
+        texts = text.reshape(len(counts), counts[0])
+        return bool(np.all(texts == texts[0]))
 
 
 def interval_stat(per_run: np.ndarray, seed: int, name: str) -> dict:
