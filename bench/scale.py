@@ -65,7 +65,10 @@ def main() -> None:
               f"{row['us_per_step']:>6.1f} us/step, peak RSS {row['peak_rss_mb']:>7.1f} MB")
     if len(rows) > 1:
         growth = rows[-1]["us_per_step"] / rows[0]["us_per_step"]
-        print(f"time per step at {rows[-1]['steps']} steps / at {rows[0]['steps']}: {growth:.2f} (1.0 = linear)")
+        marginal = (rows[-1]["seconds"] - rows[0]["seconds"]) / (rows[-1]["steps"] - rows[0]["steps"]) * 1e6
+        print(f"time per step at {rows[-1]['steps']} steps / at {rows[0]['steps']}: {growth:.2f} (1.0 = linear; "
+              f"below 1 where start-up, imports and the summary's fixed costs spread over more steps); "
+              f"marginal {marginal:.1f} us per added step")
     print(json.dumps(rows))
 
 
