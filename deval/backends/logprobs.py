@@ -85,7 +85,6 @@ def _prob_to_logprob(value) -> tuple[float, tuple[str, ...]]:
 
 def _key(entry: dict, text_field: str = "token") -> tuple[str, bytes, str]:
     """(key, raw bytes, keyed_by) of a token entry: id if present, else bytes, else text."""
-    text = entry.get(text_field)
     raw_bytes = entry.get("bytes")
     if raw_bytes is not None:
         try:  # bytes() itself refuses anything but integers in 0..255
@@ -94,12 +93,13 @@ def _key(entry: dict, text_field: str = "token") -> tuple[str, bytes, str]:
             raw = None
         if raw is None:
             raise Malformed(f"token bytes {raw_bytes!r} are not a list of bytes")
-    elif isinstance(text, str):
-        raw = text.encode("utf-8")
     else:
-        raise Malformed(f"token entry without text or bytes: {entry!r}")
+        text = entry.get(text_field)
+        if not isinstance(text, str):
+            raise Malformed(f"token entry without text or bytes: {entry!r}")
+        raw = text.encode("utf-8")
     token_id = entry.get("id")
-    if isinstance(token_id, int) and not isinstance(token_id, bool):
+    if type(token_id) is int:  # JSON gives int or bool; a bool is no id
         return f"id:{token_id}", raw, "id"
     if raw_bytes is not None:
         return "b:" + raw.hex(), raw, "bytes"
