@@ -27,6 +27,15 @@ def dumps(data: dict, indent: int | None = 2) -> str:
     return json.dumps(clean(data), indent=indent, allow_nan=False)
 
 
+def dump_line(record: dict) -> str:
+    """One JSON line of a record log. Records are built of plain values, so they skip clean()'s recursive copy;
+    json.dumps refuses NaN, infinities and numpy integers, and only a record holding one goes through clean()."""
+    try:
+        return json.dumps(record, allow_nan=False)
+    except (ValueError, TypeError):
+        return json.dumps(clean(record), allow_nan=False)
+
+
 def dump_json(path: Path, data: dict) -> None:
     """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_suffix(path.suffix + ".tmp")

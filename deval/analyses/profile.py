@@ -6,7 +6,7 @@ import platform
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclasses_replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from deval.backends.urls import redact
 from deval.analyses.result import MANIFEST_COMMANDS, Result, command_for  # noqa: F401  (command_for: public here)
 from deval.errors import ConfigError, DevalError, RunInterrupted
 from deval.runs.store import RunDir, default_run_dir, parse_config, stopped
-from deval.core.summary import MIN_POSITION_MASS, summarise_task, verdict
+from deval.core.summary import MIN_POSITION_MASS, StepCollector, summarise_task, verdict
 from deval.core.tasks import Task, task_from_dict
 
 SCHEMA = "deval.profile/1"
@@ -90,7 +90,7 @@ def manifest(config: ProfileConfig, backend: Backend) -> dict:
 def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
                 on_step: Callable[[Step], None] = lambda step: None) -> dict:
     """Measure every run not yet in run_dir, appending steps as they arrive, then write the summary."""
-    done = {(s.task, s.run) for s in run_dir.completed_steps()}
+    done = run_dir.completed_runs()
     pending = [spec for task in config.tasks for spec in config.run_specs(task) if (task.name, spec.run) not in done]
     before = _stats(backend)
     try:
@@ -101,7 +101,7 @@ def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
     finally:
         run_dir.close()
         _record_transport(run_dir, before, _stats(backend))
-    summary = summarise(config, run_dir.completed_steps())
+    summary = summarise(config, run_dir.iter_completed_steps())  # streamed: no run is held in memory
     run_dir.write_summary(summary)
     return summary
 
@@ -130,12 +130,14 @@ def _record_transport(run_dir: RunDir, before: dict | None, after: dict | None) 
     dump_json(path, {"sessions": list(old.get("sessions", [])) + [session]})
 
 
-def summarise(config: ProfileConfig, steps: list[Step]) -> dict:
-    by_task: dict[str, list[Step]] = {t.name: [] for t in config.tasks}
+def summarise(config: ProfileConfig, steps: Iterable[Step]) -> dict:
+    """The profile's summary from its steps, which may stream past: each task keeps only a StepCollector."""
+    by_task = {t.name: StepCollector(t) for t in config.tasks}
     for s in steps:
-        by_task.setdefault(s.task, []).append(s)
+        if s.task in by_task:
+            by_task[s.task].add(s)
     tasks = {t.name: summarise_task(t, by_task[t.name], config.seed, config.min_mass, config.positions)
-             for t in config.tasks if by_task[t.name]}
+             for t in config.tasks if len(by_task[t.name])}
     return {
         "schema": SCHEMA, "backend": config.backend, "model": config.model, "temperature": config.temperature,
         "runs": config.runs, "seed": config.seed, "mode": config.mode, "filters": config.filters.to_dict(),
@@ -176,7 +178,7 @@ def execute(config: ProfileConfig, out: Path | None = None, resume: Path | None 
         if progress is not None:
             if hasattr(progress, "engine"):  # the CLI's bar shows the backend's retries live
                 progress.engine = engine
-            done = [min(len(run_dir.completed_steps()), total)]  # a resumed run starts part-way
+            done = [min(sum(1 for _ in run_dir.completed_records()), total)]  # a resumed run starts part-way
             progress(done[0], total)
 
             def on_step(step):

@@ -80,8 +80,9 @@ class Result:
             return records
         return pandas.DataFrame.from_records(records)
 
-    def context(self) -> dict:
-        """What the figures need beyond the summary: profile tasks and steps (read from the run files)."""
+    def context(self, first_run_only: bool = False) -> dict:
+        """What the figures need beyond the summary: profile tasks and steps (read from the run files; with
+        first_run_only, each task's lowest-numbered run, all the text report shows)."""
         if self.kind != "profile":
             return {}
         from deval.core.tasks import task_from_dict
@@ -89,7 +90,8 @@ class Result:
         config = self.manifest.get("config", {})
         tasks = {t["name"]: task_from_dict({k: v for k, v in t.items() if k != "source"}, t.get("source", ""))
                  for t in config.get("tasks", [])}
-        return {"tasks": tasks, "steps": RunDir(self.path).steps()}
+        run_dir = RunDir(self.path)
+        return {"tasks": tasks, "steps": run_dir.first_run_steps() if first_run_only else run_dir.steps()}
 
     def figures(self) -> list:
         """[(name, matplotlib Figure)] for this run (needs matplotlib: pip install 'deval[plots]')."""

@@ -4,9 +4,12 @@ only matters for the backend that needs it."""
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from deval.core.protocol import Backend
 from deval.errors import BackendUnavailable, ConfigError
+
+if TYPE_CHECKING:
+    from deval.core.protocol import Backend
 
 BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "mock": ("deval.backends.mock", "MockBackend", None),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 SENTINEL = -9999.0  # at or below this a logprob means "not known" (OpenAI -9999, llama.cpp about -3.4e38)
 POSITIVE_TOLERANCE = 1e-6  # a logprob above this is impossible (p > 1) and flagged
+NO_FLAGS: tuple[str, ...] = ()
 
 
 class NoLogprobs(Exception):
@@ -56,6 +57,8 @@ class Choice:
 
 def clean_logprob(value) -> tuple[float, tuple[str, ...]]:
     """A server logprob as a float: sentinels and null become -inf, a positive value is clamped to 0 and flagged."""
+    if type(value) is float and SENTINEL < value <= 0.0:  # the usual case, first (NaN fails the comparison)
+        return value, NO_FLAGS
     if value is None:
         return -math.inf, ("null-logprob",)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -82,18 +85,21 @@ def _prob_to_logprob(value) -> tuple[float, tuple[str, ...]]:
 
 def _key(entry: dict, text_field: str = "token") -> tuple[str, bytes, str]:
     """(key, raw bytes, keyed_by) of a token entry: id if present, else bytes, else text."""
-    text = entry.get(text_field)
     raw_bytes = entry.get("bytes")
     if raw_bytes is not None:
-        if not isinstance(raw_bytes, list) or not all(isinstance(b, int) and 0 <= b < 256 for b in raw_bytes):
+        try:  # bytes() itself refuses anything but integers in 0..255
+            raw = bytes(raw_bytes) if isinstance(raw_bytes, list) else None
+        except (TypeError, ValueError):
+            raw = None
+        if raw is None:
             raise Malformed(f"token bytes {raw_bytes!r} are not a list of bytes")
-        raw = bytes(raw_bytes)
-    elif isinstance(text, str):
-        raw = text.encode("utf-8")
     else:
-        raise Malformed(f"token entry without text or bytes: {entry!r}")
+        text = entry.get(text_field)
+        if not isinstance(text, str):
+            raise Malformed(f"token entry without text or bytes: {entry!r}")
+        raw = text.encode("utf-8")
     token_id = entry.get("id")
-    if isinstance(token_id, int) and not isinstance(token_id, bool):
+    if type(token_id) is int:  # JSON gives int or bool; a bool is no id
         return f"id:{token_id}", raw, "id"
     if raw_bytes is not None:
         return "b:" + raw.hex(), raw, "bytes"
@@ -112,23 +118,25 @@ def _chat_token(entry: dict, prob_keys: bool = False) -> tuple[Token, str]:
     if not isinstance(entry, dict):
         raise Malformed(f"logprobs entry {entry!r} is not an object")
     key, raw, keyed_by = _key(entry)
-    flags: list[str] = []
-    lp, f = (_prob_to_logprob(entry.get("prob")) if prob_keys else clean_logprob(entry.get("logprob")))
-    flags += f
+    value = _prob_to_logprob if prob_keys else clean_logprob
+    field = "prob" if prob_keys else "logprob"
+    lp, flags = value(entry.get(field))
     tops = entry.get("top_probs" if prob_keys else "top_logprobs")
     if tops is None:
         tops = []
     if not isinstance(tops, list):
         raise Malformed("top_logprobs is not a list")
-    alts = []
+    alts: dict[str, Alt] = {}  # the first of repeats of the same token (same key)
     for t in tops:
         if not isinstance(t, dict):
             raise Malformed(f"top_logprobs entry {t!r} is not an object")
         k, r, _ = _key(t)
-        v, f = (_prob_to_logprob(t.get("prob")) if prob_keys else clean_logprob(t.get("logprob")))
-        flags += f
-        alts.append(Alt(k, r, v))
-    return Token(key, raw, lp, _dedupe(alts), tuple(dict.fromkeys(flags))), keyed_by
+        v, f = value(t.get(field))
+        if f:
+            flags += f
+        if k not in alts:
+            alts[k] = Alt(k, r, v)
+    return Token(key, raw, lp, tuple(alts.values()), tuple(dict.fromkeys(flags)) if flags else NO_FLAGS), keyed_by
 
 
 def _old_probs_token(entry: dict) -> tuple[Token, str]:

@@ -32,12 +32,15 @@ def excluded_share(token: Token) -> tuple[float, bool] | None:
     Each filter keeps a prefix of the tokens sorted by probability, so the set is the shortest of the three
     prefixes. With fewer than 40 tokens visible only min-p is used, and only where its cut lies inside what is
     visible: a superset of the true set, so the share is a lower bound and the test stays conservative."""
-    p = sorted((math.exp(a.logprob) for a in token.top if math.isfinite(a.logprob)), reverse=True)
-    if not p or not math.isfinite(token.logprob):
+    if not math.isfinite(token.logprob):
         return None
-    floor = DEFAULT_MIN_P * p[0]
-    if len(p) < DEFAULT_TOP_K and p[-1] >= floor:
+    p = [math.exp(a.logprob) for a in token.top if math.isfinite(a.logprob)]
+    if not p:
         return None
+    floor = DEFAULT_MIN_P * max(p)
+    if len(p) < DEFAULT_TOP_K and min(p) >= floor:  # the usual short top-k: nothing to know, no sort needed
+        return None
+    p.sort(reverse=True)
     kept = [v for v in p[:DEFAULT_TOP_K] if v >= floor]
     if len(p) >= DEFAULT_TOP_K:  # top-p on the renormalised top 40
         total, cumulative = sum(p[:DEFAULT_TOP_K]), 0.0

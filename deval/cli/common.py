@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
 from rich.console import Console
@@ -13,12 +14,12 @@ from rich.console import Console
 from deval import backends as registry
 from deval.cli import validate
 from deval.cli.validate import Number
-from deval.core.protocol import POSITION_MODES
-from deval.core.summary import MIN_POSITION_MASS
-from deval.core.sampling import FILTER_ORDERS, Filters
 from deval.errors import ConfigError
-from deval.analyses.profile import ProfileConfig
 from deval.core.tasks import MODES, TaskCatalog
+
+if TYPE_CHECKING:
+    from deval.analyses.profile import ProfileConfig
+    from deval.core.sampling import Filters
 
 out = Console()
 err = Console(stderr=True)
@@ -141,6 +142,8 @@ def damaged_summary(path: Path, command: str, exc: Exception) -> ConfigError:
 
 
 def filters_from(top_k, top_p, min_p, filter_order) -> Filters:
+    from deval.core.sampling import FILTER_ORDERS, Filters  # numpy: not at start-up (deval --help stays fast)
+
     if filter_order not in FILTER_ORDERS:
         raise ConfigError(f"--filter-order must be one of {', '.join(FILTER_ORDERS)} (got {filter_order})")
     check_range("--top-k", top_k, lo=1)
@@ -151,6 +154,10 @@ def filters_from(top_k, top_p, min_p, filter_order) -> Filters:
 
 def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     """Validate the options profile and sweep share (a command's locals()) and build their ProfileConfig."""
+    from deval.analyses.profile import ProfileConfig  # numpy: not at start-up
+    from deval.core.protocol import POSITION_MODES
+    from deval.core.summary import MIN_POSITION_MASS
+
     o = options
     if o["mode"] is not None and o["mode"] not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)} (got {o['mode']})")
@@ -180,7 +187,7 @@ def with_given_again(config: ProfileConfig, base_url: str | None, api_key_env: s
     if not again:
         return config
     stored = dict(config.backend_options) | backend_options(config.backend, **again)
-    return ProfileConfig(**{**config.__dict__, "backend_options": tuple(sorted(stored.items()))})
+    return dataclasses.replace(config, backend_options=tuple(sorted(stored.items())))
 
 
 def default_dir(kind: str, model: str) -> Path:

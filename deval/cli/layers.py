@@ -9,13 +9,11 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from deval.analyses import layers as analysis
 from deval.cli.common import (DEFAULT_TASKS, BACKEND_OPTIONS, CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt,
                               MinPOpt, ModeOpt, OutOpt, RawPromptOpt, ResumeOpt, RunsOpt, SeedOpt, StepsOpt,
                               TaskOpt, TasksDirOpt, ThreadsOpt, TopKOpt, TopPOpt, default_dir, err, interrupted, out,
                               profile_config)
-from deval.report.layers import render_layers
-from deval.runs.store import dumps
+from deval.jsonio import dumps
 
 
 def layers_command(
@@ -40,6 +38,9 @@ def layers_command(
     raw_prompt: RawPromptOpt = False,
 ) -> None:
     """Logit lens on a local GGUF model: on-set mass, e-score, ATVD, ... at every layer."""
+    from deval.analyses import layers as analysis  # numpy: not at start-up
+    from deval.report.layers import render_layers
+
     if resume is not None:
         config, _ = analysis.load(resume)
         path = Path(resume)
@@ -65,6 +66,8 @@ def layers_command(
 
 
 def _run(config, engine, path: Path, quiet: bool) -> dict:
+    from deval.analyses import layers as analysis
+
     if quiet or not err.is_terminal:
         return analysis.run_layers(config, engine, path)
     total = sum((config.steps or t.steps) * config.runs for t in config.tasks)

@@ -23,12 +23,7 @@ from deval.cli.recommend import register as register_recommend
 from deval.cli.recommend import render_run as render_recommend_run
 from deval.cli.validate import run_app
 from deval.errors import ConfigError, RunInterrupted
-from deval.analyses.layers import SCHEMA as LAYERS_SCHEMA
-from deval.analyses.profile import ProfileConfig, execute, load_config
-from deval.analyses.result import command_for
-from deval.report.layers import render_layers
-from deval.report.profile import render_profile
-from deval.runs.store import RunDir, dumps
+from deval.jsonio import dumps
 from deval.core.tasks import TaskCatalog, builtin_tasks_dir
 from deval.core.validsets import builtin_valid_sets, builtin_valid_sets_dir
 
@@ -91,6 +86,10 @@ def profile(
     tokenizer: TokenizerOpt = None,
 ) -> None:
     """Profile a model on tasks: e-score, ATVD, result TVD, ... and the D/E verdict."""
+    from deval.analyses.profile import execute, load_config  # analyses load numpy: not at start-up
+    from deval.report.profile import render_profile
+    from deval.runs.store import RunDir
+
     if resume is not None:
         config = with_given_again(load_config(resume), base_url, api_key_env)
         check_resume(RunDir(resume).manifest()["config"], resume)
@@ -104,7 +103,8 @@ def profile(
     if json_out:
         print(dumps(json_summary(result)))
     else:
-        render_profile(result.summary, {t.name: t for t in config.tasks}, RunDir(result.path).steps(), console=out,
+        first_runs = RunDir(result.path).first_run_steps()  # the heat strips show one run: the rest stays on disk
+        render_profile(result.summary, {t.name: t for t in config.tasks}, first_runs, console=out,
                        where=str(result.path))
 
 
@@ -117,7 +117,11 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
            ) -> None:
     """Re-render a finished run from its files, without touching a model; --html / --plots write a page / figures,
     --steps the per-position rows."""
-    from deval.analyses.result import load
+    from deval.analyses.layers import SCHEMA as LAYERS_SCHEMA
+    from deval.analyses.result import command_for, load
+    from deval.report.layers import render_layers
+    from deval.report.profile import render_profile
+    from deval.runs.store import RunDir
 
     result = load(run_dir)
     summary = result.summary
@@ -147,14 +151,17 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
             return
         if render_run(summary, result.path, out) or render_recommend_run(summary, result.path, out):  # not profile
             return
-        context = result.context()
+        context = result.context(first_run_only=True)  # the heat strips show one run: the rest stays on disk
         render_profile(summary, context["tasks"], context["steps"], console=out, where=str(result.path))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise damaged_summary(result.path, command_for(result.manifest), exc) from None
 
 
-def _print_steps(rd: RunDir, summary: dict, fmt: str) -> None:
+def _print_steps(rd, summary: dict, fmt: str) -> None:
+    from deval.analyses.profile import ProfileConfig
+    from deval.analyses.result import command_for
     from deval.report.steps import FORMATS, render_steps, step_rows
+
     if fmt not in FORMATS:
         raise ConfigError(f"--steps must be one of {', '.join(FORMATS)} (got {fmt})")
     if command_for(rd.manifest()) != "profile":

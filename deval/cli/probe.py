@@ -13,7 +13,7 @@ from deval import backends as registry
 from deval.cli.common import ApiKeyEnvOpt, BaseUrlOpt, RetryBudgetOpt, TimeoutOpt, TopLogprobsOpt
 from deval.cli.validate import env_base_url
 from deval.errors import ConfigError
-from deval.runs.store import dumps
+from deval.jsonio import dumps
 
 
 def probe_command(

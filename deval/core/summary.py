@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from array import array
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -32,27 +35,82 @@ class TaskArrays:
     tail_cap: np.ndarray | None = None
 
     @classmethod
-    def from_steps(cls, task: Task, steps: list[Step]) -> "TaskArrays":
-        k = len(task.items)
-        runs = sorted({s.run for s in steps})
-        index = {r: i for i, r in enumerate(runs)}
-        t_max = max((s.step for s in steps), default=-1) + 1
-        probs = np.full((len(runs), t_max, k), np.nan)
+    def from_steps(cls, task: Task, steps: Iterable[Step]) -> "TaskArrays":
+        return StepCollector.of(task, steps).arrays()
+
+
+class StepCollector:
+    """One task's steps as they stream past, kept as the few numbers the summary reads (about 8 bytes per item
+    and position): a 100,000-step profile never holds its Step records. arrays() equals TaskArrays of the steps."""
+
+    def __init__(self, task: Task):
+        self.k = len(task.items)
+        self._run, self._step, self._sampled = array("q"), array("q"), array("q")
+        self._probs, self._tail, self._tail_cap = array("d"), array("d"), array("d")
+        self._missing: list[tuple[int, int]] = []  # (entry, item index) of items absent from a visible top-k
+        self._flags: set[str] = set()
+        self._text_ids: dict[str, int] = {}  # each distinct sampled text once; entries hold its number
+        self._text = array("q")
+
+    @classmethod
+    def of(cls, task: Task, steps: Iterable[Step]) -> "StepCollector":
+        collector = cls(task)
+        for s in steps:
+            collector.add(s)
+        return collector
+
+    def __len__(self) -> int:
+        return len(self._run)
+
+    def add(self, s: Step) -> None:
+        if len(s.probs) != self.k:
+            raise ValueError(f"step {s.step} of run {s.run} has {len(s.probs)} probabilities for {self.k} items")
+        entry = len(self._run)
+        self._run.append(s.run)
+        self._step.append(s.step)
+        self._sampled.append(metrics.INVALID if s.sampled is None else s.sampled)
+        self._probs.extend(math.nan if p is None else p for p in s.probs)  # a record holds NaN as null
+        self._tail.append(s.tail)
+        self._tail_cap.append(s.tail if s.tail_cap is None else s.tail_cap)
+        self._missing.extend((entry, i) for i in s.missing)
+        self._flags.update(s.flags)
+        self._text.append(self._text_ids.setdefault(s.text, len(self._text_ids)))
+
+    def arrays(self) -> TaskArrays:
+        """Padded arrays: runs in order of their number, positions by step (a later duplicate overwrites)."""
+        run = np.frombuffer(self._run, dtype=np.int64) if len(self) else np.zeros(0, dtype=np.int64)
+        step = np.frombuffer(self._step, dtype=np.int64) if len(self) else np.zeros(0, dtype=np.int64)
+        runs, i = np.unique(run, return_inverse=True)
+        t_max = int(step.max()) + 1 if len(self) else 0
+        probs = np.full((len(runs), t_max, self.k), np.nan)
         sampled = np.full((len(runs), t_max), metrics.PAD, dtype=int)
         tail = np.zeros((len(runs), t_max))
-        missing = np.zeros((len(runs), t_max, k), dtype=bool)
+        missing = np.zeros((len(runs), t_max, self.k), dtype=bool)
         tail_cap = np.zeros((len(runs), t_max))
-        flags: set[str] = set()
-        for s in steps:
-            i = index[s.run]
-            probs[i, s.step] = s.probs
-            sampled[i, s.step] = metrics.INVALID if s.sampled is None else s.sampled
-            tail[i, s.step] = s.tail
-            missing[i, s.step, list(s.missing)] = True
-            tail_cap[i, s.step] = s.tail if s.tail_cap is None else s.tail_cap
-            flags.update(s.flags)
-        return cls(probs=probs, sampled=sampled, tail=tail, flags=tuple(sorted(flags)), missing=missing,
-                   tail_cap=tail_cap)
+        if len(self):
+            probs[i, step] = np.frombuffer(self._probs, dtype=np.float64).reshape(-1, self.k)
+            sampled[i, step] = np.frombuffer(self._sampled, dtype=np.int64)
+            tail[i, step] = np.frombuffer(self._tail, dtype=np.float64)
+            tail_cap[i, step] = np.frombuffer(self._tail_cap, dtype=np.float64)
+        for entry, item in self._missing:
+            missing[i[entry], step[entry], item] = True
+        return TaskArrays(probs=probs, sampled=sampled, tail=tail, flags=tuple(sorted(self._flags)), missing=missing,
+                          tail_cap=tail_cap)
+
+    def runs_identical(self) -> bool:
+        """True when every run's sampled texts are the same sequence (the only case a zero-width interval is honest)."""
+        if not len(self):
+            return True
+        run, step = np.frombuffer(self._run, dtype=np.int64), np.frombuffer(self._step, dtype=np.int64)
+        order = np.lexsort((np.arange(len(self)), step, run))  # by run, then step; a later duplicate last
+        run, step, text = run[order], step[order], np.frombuffer(self._text, dtype=np.int64)[order]
+        last = np.append((run[1:] != run[:-1]) | (step[1:] != step[:-1]), True)
+        run, text = run[last], text[last]
+        _, counts = np.unique(run, return_counts=True)
+        if np.any(counts != counts[0]):
+            return False
+        texts = text.reshape(len(counts), counts[0])
+        return bool(np.all(texts == texts[0]))
 
 
 def interval_stat(per_run: np.ndarray, seed: int, name: str) -> dict:
@@ -66,13 +124,14 @@ def interval_stat(per_run: np.ndarray, seed: int, name: str) -> dict:
     return {"mean": mean, "ci": [lo, hi]}
 
 
-def summarise_task(task: Task, steps: list[Step], seed: int, min_mass: float = MIN_POSITION_MASS,
-                   positions: str = "free") -> dict:
+def summarise_task(task: Task, steps: Iterable[Step] | StepCollector, seed: int,
+                   min_mass: float = MIN_POSITION_MASS, positions: str = "free") -> dict:
     """Every per-task number of the report; means carry a 95% t interval over runs.
 
     In free mode a position whose on-set mass is below min_mass is a format failure: counted, and left out of
     e-score, ATVD, entropy, volatility, extremity and quota r (its P_token is a renormalised sliver)."""
-    arrays = TaskArrays.from_steps(task, steps)
+    collected = steps if isinstance(steps, StepCollector) else StepCollector.of(task, steps)
+    arrays = collected.arrays()
     p_task = task.p_task
     present = arrays.sampled != metrics.PAD
     mass = metrics.on_set_mass(arrays.probs)
@@ -111,7 +170,7 @@ def summarise_task(task: Task, steps: list[Step], seed: int, min_mass: float = M
         "format_failures": int(failed.sum()),
         "format_failure_rate": float(failed.sum() / present.sum()) if present.any() else float("nan"),
         "on_set_mass_by_step": mass_by_step,
-        "runs_identical": _runs_identical(steps),
+        "runs_identical": collected.runs_identical(),
         "interval": "95% Student-t over runs",
         "kept_coverage": interval_stat(metrics.run_means(metrics.kept_coverage(arrays.probs, p_task)), seed,
                                         "kept_coverage"),
@@ -129,15 +188,6 @@ def _nanmean(ptok: np.ndarray) -> np.ndarray:
         flat = ptok.reshape(-1, ptok.shape[-1])
         keep = ~np.isnan(flat).any(axis=1)
         return flat[keep].mean(axis=0) if keep.any() else np.full(ptok.shape[-1], np.nan)
-
-
-def _runs_identical(steps: list[Step]) -> bool:
-    """True when every run's sampled texts are the same sequence (the only case a zero-width interval is honest)."""
-    runs: dict[int, list[tuple[int, str]]] = {}
-    for s in steps:
-        runs.setdefault(s.run, []).append((s.step, s.text))
-    texts = {tuple(t for _, t in sorted(v)) for v in runs.values()}
-    return len(texts) <= 1
 
 
 def _tail_bounds(arrays: TaskArrays, p_task: np.ndarray, kept: np.ndarray) -> dict:

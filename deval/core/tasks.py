@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from deval.core.answers import DEFAULT_CUE, DEFAULT_STRIP, Matcher, Matching
 from deval.core.datafiles import data_dir, field_checker, nonempty_string, read_toml
 from deval.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODES = ("sequence", "independent")
 WEIGHT_TOLERANCE = 1e-6
@@ -36,6 +38,8 @@ class Task:
 
     @property
     def p_task(self) -> np.ndarray:
+        import numpy as np  # here: 'deval tasks' and --help load no numpy
+
         return np.asarray(self.weights, dtype=float)
 
     @property

@@ -7,10 +7,11 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from deval.core.protocol import Step
 from deval.errors import ConfigError, RunStopped
-from deval.jsonio import clean, dump_json, dumps, read_json  # noqa: F401  (run files are JSON)
+from deval.jsonio import clean, dump_json, dump_line, dumps, read_json  # noqa: F401  (run files are JSON)
 
 MANIFEST, STEPS, SUMMARY = "manifest.json", "steps.jsonl", "summary.json"
 
@@ -143,24 +144,65 @@ class RunDir:
 
     def steps(self) -> list[Step]:
         """Every complete step line; a torn last line (crash mid-write) is skipped."""
-        return self._steps(self._log.read(repair=False))
+        return list(self.iter_steps())
+
+    def iter_steps(self) -> Iterator[Step]:
+        """Every complete step, read one line at a time (a run of any length is never held in memory)."""
+        return (self._step(r) for r in self._log.records())
+
+    def completed_runs(self) -> set[tuple[str, int]]:
+        """The (task, run) pairs that finished; rewrites steps.jsonl without partial runs (and without a torn last
+        line) so a resume can redo them."""
+        seen: set[tuple[str, int]] = set()
+        done: set[tuple[str, int]] = set()
+        for r in self._log.records():
+            key = self._key(r)
+            seen.add(key)
+            if r.get("final"):
+                done.add(key)
+        if seen != done or self._log.torn:
+            self._log.rewrite(r for r in self._log.records() if self._key(r) in done)
+        return done
+
+    def completed_records(self) -> Iterator[dict]:
+        """The records of finished runs, streamed (partial runs are cut off the file first)."""
+        done = self.completed_runs()
+        return (r for r in self._log.records() if self._key(r) in done)
+
+    def iter_completed_steps(self) -> Iterator[Step]:
+        """Steps of runs that finished, streamed."""
+        return (self._step(r) for r in self.completed_records())
 
     def completed_steps(self) -> list[Step]:
         """Steps of runs that finished; rewrites steps.jsonl without partial runs so a resume can redo them."""
-        records = self._log.read()
-        steps = self._steps(records)
-        done = {(s.task, s.run) for s in steps if s.final}
-        kept = [s for s in steps if (s.task, s.run) in done]
-        if len(kept) != len(steps):
-            self._log.rewrite([s.to_record() for s in kept])
-        return kept
+        return list(self.iter_completed_steps())
 
-    def _steps(self, records: list[dict]) -> list[Step]:
+    def first_run_steps(self) -> list[Step]:
+        """Per task, the steps of its lowest-numbered run (what a report's heat strip shows), streamed."""
+        first: dict[str, list[Step]] = {}
+        for r in self._log.records():
+            task, run = self._key(r)
+            held = first.get(task)
+            if held is None or run < held[0].run:
+                first[task] = [self._step(r)]
+            elif run == held[0].run:
+                held.append(self._step(r))
+        return [s for steps in first.values() for s in steps]
+
+    def _key(self, r: dict) -> tuple[str, int]:
         try:
-            return [Step.from_record(r) for r in records]
+            return r["task"], int(r["run"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{self._log.path}: a step record is damaged ({exc}); delete that line and "
-                              f"--resume") from None
+            raise self._damaged(exc) from None
+
+    def _step(self, r: dict) -> Step:
+        try:
+            return Step.from_record(r)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: Exception) -> ConfigError:
+        return ConfigError(f"{self._log.path}: a step record is damaged ({exc}); delete that line and --resume")
 
     def append(self, step: Step) -> None:
         self._log.append(step.to_record())
@@ -175,40 +217,50 @@ class RecordLog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._file = None
+        self.torn = False  # set by records(): whether the last line read was torn (cut off by a crash)
 
     def read(self, repair: bool = True) -> list[dict]:
         """Every complete record; a torn last line (crash mid-write) is skipped, and with `repair` cut off the
         file so appends stay clean (readers of a run that may still be written leave the file alone)."""
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        lines = data.decode("utf-8", "replace").splitlines()
-        records = []
-        for n, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if n == len(lines) - 1:
-                    break
-                raise ConfigError(f"{self.path}: line {n + 1} is damaged; delete that line and --resume") from None
-        torn = len(records) != sum(1 for line in lines if line.strip()) or (data and not data.endswith(b"\n"))
-        if repair and torn:
+        records = list(self.records())
+        if repair and self.torn:
             self.rewrite(records)
         return records
 
-    def rewrite(self, records: list[dict]) -> None:
-        """Replace the file's contents atomically."""
+    def records(self) -> Iterator[dict]:
+        """Every complete record, one line at a time; a torn last line is skipped (and `torn` set once read)."""
+        self.torn = False
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            bad = None
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                if bad is not None:
+                    raise ConfigError(f"{self.path}: line {bad} is damaged; delete that line and --resume")
+                try:
+                    record = json.loads(raw.decode("utf-8", "replace"))
+                except json.JSONDecodeError:
+                    bad = n
+                    continue
+                self.torn = not raw.endswith(b"\n")
+                yield record
+            self.torn = self.torn or bad is not None
+
+    def rewrite(self, records: Iterable[dict]) -> None:
+        """Replace the file's contents atomically (records may stream from the file itself)."""
         self.close()
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text("".join(dumps(r, indent=None) + "\n" for r in records), encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(dump_line(r) + "\n")
         os.replace(tmp, self.path)
 
     def append(self, record: dict) -> None:
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
-        self._file.write(dumps(record, indent=None) + "\n")
+        self._file.write(dump_line(record) + "\n")
         self._file.flush()
 
     def close(self) -> None:
