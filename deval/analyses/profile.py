@@ -87,6 +87,21 @@ def manifest(config: ProfileConfig, backend: Backend) -> dict:
     }
 
 
+def counting(progress: Callable[[int, int], None] | None, done: Callable[[], int], total: int) -> Callable:
+    """A step callback that moves `progress` (done, total) on by one per call, starting from done() (a resumed run
+    starts part-way); a no-op without progress."""
+    if progress is None:
+        return lambda *_: None
+    count = [min(done(), total)]
+    progress(count[0], total)
+
+    def on_step(*_) -> None:
+        count[0] += 1
+        progress(min(count[0], total), total)
+
+    return on_step
+
+
 def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
                 on_step: Callable[[Step], None] = lambda step: None) -> dict:
     """Measure every run not yet in run_dir, appending steps as they arrive, then write the summary."""
@@ -174,16 +189,9 @@ def execute(config: ProfileConfig, out: Path | None = None, resume: Path | None 
             run_dir = RunDir.create(out or default_run_dir("", engine.model or config.backend),
                                     manifest(config, engine))
         total = sum((config.steps or t.steps) * config.runs for t in config.tasks)
-        on_step = lambda step: None  # noqa: E731
-        if progress is not None:
-            if hasattr(progress, "engine"):  # the CLI's bar shows the backend's retries live
-                progress.engine = engine
-            done = [min(sum(1 for _ in run_dir.completed_records()), total)]  # a resumed run starts part-way
-            progress(done[0], total)
-
-            def on_step(step):
-                done[0] += 1
-                progress(done[0], total)
+        if hasattr(progress, "engine"):  # the CLI's bar shows the backend's retries live
+            progress.engine = engine
+        on_step = counting(progress, lambda: sum(1 for _ in run_dir.completed_records()), total)
         try:
             summary = run_profile(config, engine, run_dir, on_step=on_step)
         except KeyboardInterrupt:

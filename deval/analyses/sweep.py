@@ -12,7 +12,7 @@ import numpy as np
 from deval.core import metrics
 from deval.core.protocol import Backend, Step, TrieLogprobs
 from deval.errors import ConfigError
-from deval.analyses.profile import Progress, ProfileConfig, manifest, run_profile
+from deval.analyses.profile import Progress, ProfileConfig, counting, manifest, run_profile
 from deval.analyses.result import Result
 from deval.errors import DevalError, RunInterrupted
 from deval.core.sampling import logsumexp
@@ -126,16 +126,10 @@ def execute(config: SweepConfig, out: Path | None = None, resume: Path | None = 
         else:
             config = dataclasses.replace(config, base=dataclasses.replace(base, model=engine.model))
             path = create_sweep_dir(out or default_run_dir("sweep", engine.model), config, engine)
-        on_step = lambda t, step: None  # noqa: E731
-        if progress is not None:
-            total = len(config.temperatures) * sum((base.steps or t.steps) * base.runs for t in base.tasks)
-            subs = [path / temperature_dir(t) for t in config.temperatures]
-            done = [sum(len(RunDir(sub).completed_steps()) for sub in subs if (sub / MANIFEST).exists())]
-            progress(min(done[0], total), total)
-
-            def on_step(t, step):
-                done[0] += 1
-                progress(min(done[0], total), total)
+        total = len(config.temperatures) * sum((base.steps or t.steps) * base.runs for t in base.tasks)
+        subs = [path / temperature_dir(t) for t in config.temperatures]
+        on_step = counting(progress, lambda: sum(len(RunDir(sub).completed_steps()) for sub in subs
+                                                 if (sub / MANIFEST).exists()), total)
         try:
             summary = run_sweep(config, engine, path, on_step=on_step)
         except KeyboardInterrupt:
