@@ -24,6 +24,7 @@ COMMANDS = {
     "profile-mock-e": ["profile", "--backend", "mock", "--model", "e", "--runs", "5", "--task", "extreme"],
     "profile-local": ["profile", "--runs", "3", "--steps", "10"],
     "profile-local-30": ["profile", "--runs", "30"],
+    "profile-local-30-constrained": ["profile", "--runs", "30", "--positions", "constrained"],
     "sweep-local": ["sweep", "--runs", "2", "--steps", "8", "--temperatures", "0.7,1.3", "--task", "flat"],
     "calibration-local": ["calibration", "--task", "vowels", "--samples", "5"],
     "diversity-local": ["diversity", "--task", "vowels", "--samples", "8"],
@@ -72,7 +73,7 @@ def main() -> None:
             failed += not same
             rates = (f"  {steps_a / wall_a:.1f} -> {steps_b / wall_b:.1f} item steps/s ({wall_a / wall_b:.2f}x)"
                      if steps_a and steps_b else "")
-            print(f"{name:20s} {'identical' if same else 'DIFFERENT'}  {wall_a:.1f} s -> {wall_b:.1f} s{rates}")
+            print(f"{name:28s} {'identical' if same else 'DIFFERENT'}  {wall_a:.1f} s -> {wall_b:.1f} s{rates}")
     sys.exit(1 if failed else 0)
 
 
