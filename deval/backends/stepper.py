@@ -113,11 +113,41 @@ def visible_row(token: Token, vocab: Vocab) -> tuple[dict[int, float], float]:
 class Stepper:
     """Drives one run at a time through a backend's cached fetch on the completions route."""
 
-    def __init__(self, backend, vocab: Vocab, top: int):
+    def __init__(self, backend, vocab: Vocab, top: int, native_url: str | None = None):
         self.backend = backend
         self.vocab = vocab
         self.top = top
-        self.token_prompts: bool | None = None  # the server takes a prompt of token ids (llama-server); None: untried
+        self.native_url = native_url  # llama.cpp's native /completion: rows of `top` entries at token-id prefixes
+        # the server takes a prompt of token ids (llama-server); None: untried
+        self.token_prompts: bool | None = True if native_url else None
+
+    async def _native_row(self, transport: "Transport", tokens: list[int]) -> tuple[dict[int, float], float]:
+        """The row at a token-id prefix from the native route (n_probs = top), through the response cache (packed)."""
+        from deval.backends import native
+        from deval.backends.cache import request_key
+        from deval.backends.http import Transient
+        from deval.backends.logprobs import Malformed, NoLogprobs
+
+        body = native.body([int(t) for t in tokens], self.top, STEP_SEED, self.backend.capabilities().sampling)
+        key = request_key(self.backend.settings.base_url, native.ROUTE, body)
+        record = self.backend.cache.get(key)
+        if record is not None:
+            ids, lps = native.read_row(record)
+        else:
+            got: list = []
+
+            def check(data: dict) -> None:
+                try:
+                    got[:] = native.read_row(data)
+                except (NoLogprobs, Malformed) as exc:
+                    raise Transient(f"unusable native answer: {exc}") from None
+
+            self.backend.requests += 1
+            await transport.post(self.native_url, body, check)
+            ids, lps = got
+            self.backend.cache.put(key, native.pack(ids, lps, self.vocab.n_vocab))
+        keep = np.isfinite(lps)
+        return dict(zip(ids[keep].tolist(), lps[keep].tolist())), float(np.exp(lps[keep]).sum())
 
     async def _ask(self, transport: "Transport", text: str, top: int, tokens: list[int] | None = None):
         # min_tokens 1: an end-of-text draw would come back with no token and so no logprobs (llama-cpp-python);
@@ -141,6 +171,8 @@ class Stepper:
         """The visible T=1 row at a prefix. Text-keyed top-k (llama-cpp-python) keep, for a text several tokens
         spell, the value of the *last* (least likely) of them at the position of the first: where a wanted
         token's value is out of order it was overwritten, and is asked again with a top-k that ends at it."""
+        if self.native_url is not None:  # ids, not text: nothing collapses
+            return await self._native_row(transport, tokens)
         token = await self._ask(transport, text, self.top, tokens)
         if token is None:
             return {}, 0.0

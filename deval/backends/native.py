@@ -1,0 +1,77 @@
+"""llama.cpp's native `/completion` route: the next-token distribution at a token-id prefix, up to the whole
+vocabulary (`n_probs`), read lean (issue 11).
+
+The route sits at the server root, outside /v1: `http://HOST:PORT/v1` -> `http://HOST:PORT/completion`. With
+`n_probs` at the vocabulary size the answer holds every token's pre-sampling log-softmax (about 4.7 MB of JSON for
+SmolLM2's 49152 tokens): only ids and logprobs are read, and the response cache keeps them packed (float32 in id
+order where the row is whole, which is how the server computes them), not the server's JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.parse
+
+import numpy as np
+
+from deval.backends.logprobs import SENTINEL, Malformed, NoLogprobs
+
+ROUTE = "native"  # the route's name in request keys, errors and the manifest
+LABEL_EXACT = "native /completion (exact)"
+PACKED = "deval-native-row"  # the cache record's marker
+
+
+def completion_url(base_url: str) -> str:
+    """The native route's absolute URL: the base URL's path without its /v1 (and its query kept)."""
+    parts = urllib.parse.urlsplit(base_url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return urllib.parse.urlunsplit(parts._replace(path=path + "/completion", fragment=""))
+
+
+def body(prompt, n_probs: int, seed: int, sampling: dict | None = None) -> dict:
+    """One token's distribution at a prompt (token ids or text): pre-sampling values, no post-sampling probs."""
+    return {"prompt": prompt, "n_predict": 1, "n_probs": int(n_probs), "temperature": 1.0, "seed": int(seed),
+            "post_sampling_probs": False} | dict(sampling or {})
+
+
+def read_row(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, logprobs) of the first position's top list; sentinels (about -3.4e38) read as -inf."""
+    if not isinstance(data, dict):
+        raise Malformed("the native answer is not a JSON object")
+    if data.get(PACKED):
+        return unpack(data)
+    entries = data.get("completion_probabilities")
+    if not entries:
+        raise NoLogprobs("no completion_probabilities (the server ignored n_probs, or generated nothing)")
+    first = entries[0]
+    top = first.get("top_logprobs") if isinstance(first, dict) else None
+    if not isinstance(top, list) or not top:
+        raise NoLogprobs("the native answer has no top_logprobs (post_sampling_probs or an old build)")
+    try:
+        ids = np.fromiter((e["id"] for e in top), dtype=np.int64, count=len(top))
+        lps = np.fromiter((e["logprob"] for e in top), dtype=np.float64, count=len(top))
+    except (KeyError, TypeError, ValueError):
+        raise Malformed("a native top_logprobs entry lacks an integer id or a numeric logprob") from None
+    lps[lps <= SENTINEL] = -np.inf
+    return ids, lps
+
+
+def pack(ids: np.ndarray, lps: np.ndarray, vocab: int) -> bytes:
+    """A row as a compact cache record: float32 logprobs in id order where the row is whole, else ids too."""
+    record: dict = {PACKED: 1, "vocab": int(vocab)}
+    order = np.argsort(ids, kind="stable")
+    ids, lps = ids[order], lps[order]
+    if len(ids) != vocab or not np.array_equal(ids, np.arange(vocab)):
+        record["ids"] = base64.b64encode(ids.astype("<i4").tobytes()).decode()
+    record["lp"] = base64.b64encode(lps.astype("<f8").tobytes()).decode()
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def unpack(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    lps = np.frombuffer(base64.b64decode(record["lp"]), dtype="<f8").astype(np.float64)
+    ids = (np.frombuffer(base64.b64decode(record["ids"]), dtype="<i4").astype(np.int64) if "ids" in record
+           else np.arange(len(lps), dtype=np.int64))
+    return ids, lps
