@@ -22,7 +22,7 @@ from deval.backends.logprobs import Token
 from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
-from deval.core.sampling import sampling_logprobs
+from deval.core.sampling import draw, sampling_logprobs
 from deval.core.trie import chain_rule, item_logprobs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -255,16 +255,23 @@ class Stepper:
         while len(generated) < answer_budget(spec.task.items, spec.limit):
             seen, mass = await self._dist(transport, context + vocab.text(generated), None, tokens + generated)
             row = self._sampling(seen, mass, spec)
-            ids = sorted(row)  # core.sampling.draw walks the vocabulary in id order: so does this one (exact only
-            # where the tokens below the top-k hold no mass before the drawn one: a free walk may leave the trajectory)
-            if not ids:
+            if not row:
                 break
-            cdf = np.cumsum([math.exp(row[i]) for i in ids])
-            u = rng.random()  # scaled by the whole distribution's mass (1), as the local draw
-            j = int(np.searchsorted(cdf, u, side="right"))
-            if j >= len(ids):  # the local draw would take a token below the top-k: the walk leaves its trajectory
-                flags.add("draw-below-top-k")
-            tok = ids[min(j, len(ids) - 1)]
+            ids = np.fromiter(row, dtype=np.int64, count=len(row))
+            values = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+            if len(row) == vocab.n_vocab:  # the whole distribution (native route): the local draw itself
+                logp = np.full(vocab.n_vocab, -np.inf)
+                logp[ids] = values
+                tok = draw(logp, rng)
+            else:  # core.sampling.draw walks the vocabulary in id order: so does this one (exact only where the
+                # tokens below the top-k hold no mass before the drawn one: a free walk may leave the trajectory)
+                order = np.argsort(ids, kind="stable")
+                cdf = np.cumsum(np.exp(values[order]))
+                u = rng.random()  # scaled by the whole distribution's mass (1), as the local draw
+                j = int(np.searchsorted(cdf, u, side="right"))
+                if j >= len(ids):  # the local draw would take a token below the top-k: the walk leaves its trajectory
+                    flags.add("draw-below-top-k")
+                tok = int(ids[order[min(j, len(ids) - 1)]])
             if tok in vocab.eog:
                 cut = False
                 break
