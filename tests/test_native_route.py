@@ -39,10 +39,58 @@ def test_a_recorded_full_vocabulary_answer_trimmed_reads_and_packs_losslessly():
     record = load_fixture("llama-server/native-full-trimmed.json")
     ids, lps = native.read_row(record["response"])
     assert len(ids) == record["kept"] and record["returned"] == record["vocab"]
-    assert abs(record["mass"] - 1.0) < 1e-4  # the whole vocabulary was there: every token's log-softmax
-    back = native.read_row(json.loads(native.pack(ids, lps, record["vocab"])))
+    assert abs(record["mass"] - 1.0) < 1e-3  # the whole vocabulary (float32 values): every token's log-softmax
+    packed = native.pack(ids, lps, record["vocab"])
+    assert json.loads(packed)["dtype"] == "<f4"  # llama.cpp's values are float32: packed at 4 bytes, losslessly
+    back = native.read_row(json.loads(packed))
     order = np.argsort(ids)
     assert np.array_equal(back[0], ids[order]) and np.array_equal(back[1], lps[order])
+
+
+def test_a_whole_row_packs_without_ids():
+    rng = np.random.default_rng(3)
+    lps = np.log(rng.dirichlet(np.ones(300))).astype(np.float32).astype(np.float64)
+    ids = rng.permutation(300)
+    record = json.loads(native.pack(ids, lps, 300))
+    assert "ids" not in record
+    back_ids, back = native.read_row(record)
+    assert np.array_equal(back_ids, np.arange(300)) and np.array_equal(back[ids], lps)
+
+
+def test_an_end_of_text_draw_still_carries_the_distribution():
+    record = load_fixture("llama-server/native-eos.json")  # EOS forced by logit_bias: values stay pre-bias
+    assert record["response"]["stop_type"] == "eos"
+    ids, lps = native.read_row(record["response"])
+    assert len(ids) == 3 and 2 not in ids.tolist() and np.all(lps < 0)
+
+
+@needs_model
+def test_the_gguf_tokenizer_gives_the_token_ids_llama_server_gives():
+    from deval.backends.local import embedded_model_path
+    from deval.backends.stepper import Vocab
+
+    record = load_fixture("llama-server/tokenize.json")
+    vocab = Vocab(str(embedded_model_path()))
+    try:
+        assert vocab.tokenize(record["request"]["content"]) == [t["id"] for t in record["response"]["tokens"]]
+        assert [vocab.piece(t["id"]).decode() for t in record["response"]["tokens"]] == [
+            t["piece"] for t in record["response"]["tokens"]]
+    finally:
+        vocab.close()
+
+
+@respx.mock
+def test_the_probe_replays_a_recorded_native_answer_and_a_short_row_is_not_the_whole_vocabulary(tmp_path):
+    record = load_fixture("llama-server/native-full-trimmed.json")
+    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": []}, headers={"server": "x"}))
+    respx.post(f"{URL}/chat/completions").mock(side_effect=fake_openai)
+    respx.post(f"{URL}/completions").mock(side_effect=fake_openai)
+    wire = respx.post(f"{ROOT}/completion").mock(return_value=httpx.Response(200, json=record["response"]))
+    engine = OpenAIBackend(model="m", preset="llama-server", base_url=URL, api_key_env="",
+                           cache_dir=str(tmp_path / "cache"), retry_base=0.001)
+    caps = engine.capabilities()
+    engine.close()
+    assert wire.call_count == 1 and caps.native == record["kept"] and not caps.full["native"]
 
 
 def test_sentinels_read_as_minus_infinity_and_a_shape_without_ids_is_malformed():

@@ -60,18 +60,21 @@ def read_row(data: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack(ids: np.ndarray, lps: np.ndarray, vocab: int) -> bytes:
-    """A row as a compact cache record: float32 logprobs in id order where the row is whole, else ids too."""
+    """A row as a compact cache record: logprobs in id order (float32 where that is lossless, as llama.cpp's
+    values are), and the ids where the row is not the whole vocabulary."""
     record: dict = {PACKED: 1, "vocab": int(vocab)}
     order = np.argsort(ids, kind="stable")
     ids, lps = ids[order], lps[order]
     if len(ids) != vocab or not np.array_equal(ids, np.arange(vocab)):
         record["ids"] = base64.b64encode(ids.astype("<i4").tobytes()).decode()
-    record["lp"] = base64.b64encode(lps.astype("<f8").tobytes()).decode()
+    kind = "<f4" if np.array_equal(lps.astype(np.float32).astype(np.float64), lps) else "<f8"  # llama.cpp: float32
+    record["dtype"] = kind
+    record["lp"] = base64.b64encode(lps.astype(kind).tobytes()).decode()
     return json.dumps(record, separators=(",", ":")).encode()
 
 
 def unpack(record: dict) -> tuple[np.ndarray, np.ndarray]:
-    lps = np.frombuffer(base64.b64decode(record["lp"]), dtype="<f8").astype(np.float64)
+    lps = np.frombuffer(base64.b64decode(record["lp"]), dtype=record.get("dtype", "<f8")).astype(np.float64)
     ids = (np.frombuffer(base64.b64decode(record["ids"]), dtype="<i4").astype(np.int64) if "ids" in record
            else np.arange(len(lps), dtype=np.int64))
     return ids, lps
