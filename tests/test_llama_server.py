@@ -91,3 +91,11 @@ def test_a_top_20_route_is_bounded_not_exact(llama_server_url, tmp_path):
     b.close()
     # at T=1 a step is exact where every trie token is among the 20; else the unseen mass is its tail, never 0
     assert steps and all((s.tail > 0.0) == bool(s.missing or "trie-tokens-below-top-k" in s.flags) for s in steps)
+
+
+def test_free_runs_on_the_native_route_are_exact_at_every_position(llama_server_url, tmp_path):
+    b = engine(llama_server_url, tmp_path)
+    steps = list(b.measure(specs(n=2, steps=3, positions="free")))
+    b.close()
+    assert steps and all(s.tail == 0.0 and s.missing == () for s in steps)
+    assert not any("draw-below-top-k" in s.flags for s in steps)  # draws over the whole vocabulary

@@ -159,7 +159,10 @@ def test_step_by_step_runs_take_the_whole_distribution_from_the_native_route(tmp
     steps = list(engine.measure([spec]))
     engine.close()
     sent = [json.loads(c.request.content) for c in wire.calls[probed:]]
-    assert sent and all(b["n_probs"] == size and isinstance(b["prompt"], list) for b in sent)
+    from deval.backends.stepper import LIGHT_TOP
+
+    # a top-1000 row first; the whole vocabulary where a trie token is below it
+    assert sent and all(b["n_probs"] in (LIGHT_TOP, size) and isinstance(b["prompt"], list) for b in sent)
     assert all(all(isinstance(t, int) for t in b["prompt"]) for b in sent)
     assert not respx.calls.last.request.url.path.startswith("/v1")
     trie_root = Vocab(gguf)
@@ -175,3 +178,24 @@ def test_step_by_step_runs_take_the_whole_distribution_from_the_native_route(tmp
     assert np.allclose(steps[0].probs, want, rtol=1e-9, atol=0)
     assert sum(steps[0].probs) > 0
     trie_root.close()
+
+
+def test_a_draw_decided_from_the_top_k_is_the_draw_over_the_whole_row():
+    from deval.core.sampling import draw
+
+    rng = np.random.default_rng(11)
+    decided = 0
+    for trial in range(300):
+        vocab = 2000
+        logits = rng.normal(-12.0, 3.0, vocab)
+        logits[rng.integers(0, vocab, 5)] += rng.uniform(10, 25)
+        logp = logits - np.logaddexp.reduce(logits)
+        k = int(rng.choice([5, 50, 500]))
+        top = np.argsort(-logp)[:k]
+        seen = {int(i): float(logp[i]) for i in top}
+        u = float(np.random.default_rng(trial).random())
+        got = native.decided_draw(seen, u, vocab)
+        if got is not None:
+            decided += 1
+            assert got == draw(logp, np.random.default_rng(trial))  # the same u: the same token
+    assert decided > 100  # peaked rows: most draws are decided by their top-k

@@ -78,3 +78,24 @@ def unpack(record: dict) -> tuple[np.ndarray, np.ndarray]:
     ids = (np.frombuffer(base64.b64decode(record["ids"]), dtype="<i4").astype(np.int64) if "ids" in record
            else np.arange(len(lps), dtype=np.int64))
     return ids, lps
+
+
+def decided_draw(seen: dict[int, float], u: float, vocab: int) -> int | None:
+    """The token core.sampling.draw takes with uniform u from a row of which only `seen` (the top-k) is known, where
+    every placement of the unseen mass (at most (vocab - k) times the k-th probability) gives the same token; None
+    where it could differ. Sums are relative to the largest probability, as draw's are."""
+    if not seen:
+        return None
+    ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
+    values = np.fromiter(seen.values(), dtype=np.float64, count=len(seen))
+    order = np.argsort(ids, kind="stable")
+    ids, values = ids[order], values[order]
+    weights = np.exp(values - values.max())
+    unseen = (vocab - len(ids)) * float(weights.min()) * (1 + 1e-9) + 1e-12
+    cdf = np.cumsum(weights)
+    low, high = u * cdf[-1], u * (cdf[-1] + unseen)  # where u times the whole row's sum can lie
+    j = int(np.searchsorted(cdf, high, side="right"))  # the first visible token past it wherever the tail lies
+    if j >= len(ids):
+        return None
+    before = cdf[j - 1] if j else 0.0
+    return int(ids[j]) if before + unseen <= low else None
