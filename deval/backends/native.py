@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import urllib.parse
 
 import numpy as np
@@ -20,6 +21,7 @@ from deval.backends.logprobs import SENTINEL, Malformed, NoLogprobs
 ROUTE = "native"  # the route's name in request keys, errors and the manifest
 LABEL_EXACT = "native /completion (exact)"
 PACKED = "deval-native-row"  # the cache record's marker
+FLOAT32_EPS = 2.0**-24  # unit roundoff of float32: llama.cpp's softmax sum is off by at most vocab times this
 
 
 def completion_url(base_url: str) -> str:
@@ -82,8 +84,9 @@ def unpack(record: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def decided_draw(seen: dict[int, float], u: float, vocab: int) -> int | None:
     """The token core.sampling.draw takes with uniform u from a row of which only `seen` (the top-k) is known, where
-    every placement of the unseen mass (at most (vocab - k) times the k-th probability) gives the same token; None
-    where it could differ. Sums are relative to the largest probability, as draw's are."""
+    every placement of the unseen mass gives the same token; None where it could differ. The unseen mass is at most
+    (vocab - k) times the k-th probability, and at most 1 less the seen mass (with the float32 normalisation's
+    error). Sums are relative to the largest probability, as draw's are."""
     if not seen:
         return None
     ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
@@ -91,8 +94,12 @@ def decided_draw(seen: dict[int, float], u: float, vocab: int) -> int | None:
     order = np.argsort(ids, kind="stable")
     ids, values = ids[order], values[order]
     weights = np.exp(values - values.max())
-    unseen = (vocab - len(ids)) * float(weights.min()) * (1 + 1e-9) + 1e-12
     cdf = np.cumsum(weights)
+    unseen = (vocab - len(ids)) * float(weights.min())  # no unseen token is likelier than the k-th
+    # the values are log-softmax over the whole vocabulary, normalised by a float32 sum (error <= vocab * 2^-24):
+    # the whole row's weights sum to at most exp(-max) (1 + vocab 2^-24), the unseen ones to that less the seen
+    whole = math.exp(-float(values.max())) * (1 + vocab * FLOAT32_EPS)
+    unseen = min(unseen, max(whole - float(cdf[-1]), 0.0)) * (1 + 1e-9) + 1e-12
     low, high = u * cdf[-1], u * (cdf[-1] + unseen)  # where u times the whole row's sum can lie
     j = int(np.searchsorted(cdf, high, side="right"))  # the first visible token past it wherever the tail lies
     if j >= len(ids):

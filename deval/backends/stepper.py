@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FULL_MASS = 0.999  # a visible top-k holding this much is taken as the whole distribution
 STEP_SEED = 0  # the distribution at a prefix does not depend on the seed: one cache key per prefix
-LIGHT_TOP = 1000  # native route: rows this long first, the whole vocabulary only where they cannot decide
+LIGHT_TOP = 4000  # native route: rows this long first, the whole vocabulary only where they cannot decide
 
 
 class Vocab:
