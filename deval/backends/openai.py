@@ -184,7 +184,9 @@ class OpenAIBackend:
                 "sampling_sent": dict(caps.sampling), "sampler": caps.sampler,
                 "concurrency": self.settings.concurrency,
                 "cache": str(self.cache.path) if self.cache.path else None,
-                "about": "P_token from server logprobs: top-k only, the unseen tail is recorded per step"}
+                "about": ("P_token from llama.cpp's native /completion at token-id prefixes: the whole vocabulary "
+                          "where it counts, exact (tail 0)") if route == LABEL_EXACT else
+                         "P_token from server logprobs: top-k only, the unseen tail is recorded per step"}
 
     # -- requests -----------------------------------------------------------------------------------------
 
