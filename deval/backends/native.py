@@ -33,10 +33,20 @@ def completion_url(base_url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=path + "/completion", fragment=""))
 
 
-def body(prompt, n_probs: int, seed: int, sampling: dict | None = None) -> dict:
-    """One token's distribution at a prompt (token ids or text): pre-sampling values, no post-sampling probs."""
-    return {"prompt": prompt, "n_predict": 1, "n_probs": int(n_probs), "temperature": 1.0, "seed": int(seed),
-            "post_sampling_probs": False} | dict(sampling or {})
+FORCE_BIAS = 1e4  # logit bias that makes the server's own draw its end-of-text token
+
+
+def body(prompt, n_probs: int, seed: int, sampling: dict | None = None, eos: int | None = None) -> dict:
+    """One token's distribution at a prompt (token ids or text): pre-sampling values, no post-sampling probs.
+
+    With eos, the server's own (unused) draw is forced to end-of-text by logit_bias: llama-server drops the
+    probabilities of a drawn token whose text is incomplete UTF-8 (a lead byte), and reports values before the
+    bias (fixtures/llama-server/native-eos.json), so the row stays the model's."""
+    out = {"prompt": prompt, "n_predict": 1, "n_probs": int(n_probs), "temperature": 1.0, "seed": int(seed),
+           "post_sampling_probs": False} | dict(sampling or {})
+    if eos is not None:
+        out["logit_bias"] = [[int(eos), FORCE_BIAS]]
+    return out
 
 
 def read_row(data: dict) -> tuple[np.ndarray, np.ndarray]:

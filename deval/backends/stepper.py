@@ -19,6 +19,7 @@ import numpy as np
 
 from deval.backends.http import Refused
 from deval.backends.logprobs import Token
+from deval.backends.urls import redact
 from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
@@ -131,7 +132,7 @@ class Stepper:
         from deval.backends.logprobs import Malformed, NoLogprobs
 
         body = native.body([int(t) for t in tokens], n_probs or self.top, STEP_SEED,
-                           self.backend.capabilities().sampling)
+                           self.backend.capabilities().sampling, eos=self.vocab.llm.token_eos())
         key = request_key(self.backend.settings.base_url, native.ROUTE, body)
         record = self.backend.cache.get(key)
         if record is not None:
@@ -142,7 +143,9 @@ class Stepper:
             def check(data: dict) -> None:
                 try:
                     got[:] = native.read_row(data)
-                except (NoLogprobs, Malformed) as exc:
+                except NoLogprobs as exc:  # the same prefix gets the same answer: asking again cannot help
+                    raise BackendError(f"{redact(self.native_url)}: no probabilities at a prefix ({exc})") from None
+                except Malformed as exc:
                     raise Transient(f"unusable native answer: {exc}") from None
 
             self.backend.requests += 1
