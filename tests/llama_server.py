@@ -91,7 +91,8 @@ if __name__ == "__main__":
     import signal
 
     proc, url = start(str(embedded_model_path()), port=args.port)
-    signal.signal(signal.SIGTERM, lambda *_: (stop(proc), sys.exit(0)))  # the server goes with this process
+    # the server goes with this process (terminate only in the handler: proc.wait() holds Popen's wait lock)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     print(url, flush=True)
     try:
         proc.wait()
