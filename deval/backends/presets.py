@@ -29,6 +29,7 @@ class Preset:
     sampling: tuple[tuple[str, float], ...]  # neutral sampler values sent unless the user sets that filter
     source: str = ""
     concurrency: int = 16  # requests in flight at most (the limiter backs off from it on timeouts)
+    native: bool = False  # llama.cpp's native /completion (n_probs up to the vocabulary) is probed and used
 
 
 def presets_dir() -> Path:
@@ -38,7 +39,7 @@ def presets_dir() -> Path:
 
 def preset_from_dict(data: dict, source: str) -> Preset:
     known = {"name", "description", "base_url", "api_key_env", "key_required", "route", "top_logprobs_cap",
-             "logprobs", "n", "quirks", "sampling", "concurrency"}
+             "logprobs", "n", "quirks", "sampling", "concurrency", "native"}
     fail = field_checker(data, source, known, ("name", "base_url", "route", "top_logprobs_cap"))
     for key in ("name", "base_url"):
         nonempty_string(data, key, fail)
@@ -62,7 +63,7 @@ def preset_from_dict(data: dict, source: str) -> Preset:
     if not isinstance(sampling, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in sampling.values()):
         raise fail("sampling", "must be a table of numbers")
-    for key in ("key_required", "n"):
+    for key in ("key_required", "n", "native"):
         if not isinstance(data.get(key, False), bool):
             raise fail(key, "must be true or false")
     env = data.get("api_key_env", "")
@@ -72,7 +73,7 @@ def preset_from_dict(data: dict, source: str) -> Preset:
                   base_url=data["base_url"].rstrip("/"), api_key_env=env, key_required=data.get("key_required", False),
                   route=data["route"], top_logprobs_cap=cap, logprobs=kind, n=data.get("n", False),
                   quirks=tuple(quirks), sampling=tuple(sorted(sampling.items())), source=source,
-                  concurrency=concurrency)
+                  concurrency=concurrency, native=data.get("native", False))
 
 
 def load_presets(directory: Path | None = None) -> dict[str, Preset]:

@@ -24,7 +24,7 @@ PROMPT = "Pick a random digit from 1 to 9. Answer with the digit only."
 RAW_TOLERANCE = 0.02  # logprobs moving less than this between temperatures 1 and 0.5 are raw
 COMPARED = 5  # likeliest tokens compared between the two temperatures
 PROBE_SEED = 1234
-SCHEMA = 2  # probe cache entries of another schema (older deval) are ignored
+SCHEMA = 3  # probe cache entries of another schema (older deval, before the native route) are ignored
 FIRST_ASK = 20  # the top-k every server of servers.md serves
 GROWTH = 10  # the top-k search asks 20, 200, 2000, ... until the server caps it
 SEARCH_LIMIT = 1 << 20  # above any vocabulary: a count below the ask means the vocabulary (or a cap) was reached
@@ -52,6 +52,7 @@ class Capabilities:
     full: dict = field(default_factory=dict)  # route -> True where the top-k reached the whole distribution
     continues: dict = field(default_factory=dict)  # "completions": the route continues a raw prompt
     server: str = ""  # what the server says it is (header, fingerprint), part of the cache key
+    native: int = 0  # entries llama.cpp's native /completion returned with n_probs (0: no such route)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,8 +181,29 @@ async def _top_search(transport: Transport, route: str, model: str, sampling: di
     return best, keyed, full, alts, error
 
 
-async def probe(transport: Transport, model: str, limit: int, sampling: dict) -> Capabilities:
-    """Negotiate sampler fields, search each route's largest top-k, then raw-vs-processed and n on the best route."""
+async def _native(transport: Transport, url: str, limit: int, sampling: dict) -> tuple[int, bool, str | None]:
+    """(entries, whole distribution?, error) of llama.cpp's native /completion asked for n_probs = limit."""
+    from deval.backends import native
+    from deval.backends.http import AuthFailed
+    from deval.errors import BackendError
+
+    try:
+        data, _ = await transport.post(url, native.body(PROMPT + "\n", limit, PROBE_SEED, sampling))
+        ids, lps = native.read_row(data)
+    except AuthFailed:
+        raise
+    except (BackendError, NoLogprobs, Malformed) as exc:
+        if isinstance(exc, Refused) and exc.status in (401, 403):
+            raise
+        return 0, False, str(exc)
+    mass = float(np.exp(lps[np.isfinite(lps)]).sum())
+    return len(ids), len(ids) < limit and mass >= FULL_MASS, None
+
+
+async def probe(transport: Transport, model: str, limit: int, sampling: dict,
+                native_url: str | None = None) -> Capabilities:
+    """Negotiate sampler fields, search each route's largest top-k, then raw-vs-processed and n on the best route;
+    where native_url is given (llama.cpp's server), whether its native /completion returns n_probs."""
     top, keyed, errors, full, firsts, accepted = {}, {}, {}, {}, {}, dict(sampling)
     for route in ("chat", "completions"):
         top[route] = 0
@@ -227,9 +249,14 @@ async def probe(transport: Transport, model: str, limit: int, sampling: dict) ->
             errors[f"{working}-n"] = str(exc)
     dropped = [k for k in sampling if k in NEUTRAL_EXTENSIONS and k not in accepted]
     sampler = "standard-only" if dropped else "neutral"
+    native = 0
+    if native_url is not None:
+        native, full["native"], error = await _native(transport, native_url, limit, accepted)
+        if error is not None:
+            errors["native"] = error
     return Capabilities(chat=top["chat"] > 0, completions=top["completions"] > 0, top_logprobs=top,
                         keyed_by=keyed, logprobs=kind, n=n_works, errors=errors, sampling=accepted, sampler=sampler,
-                        full=full, continues={"completions": top["completions"] > 0})
+                        full=full, continues={"completions": top["completions"] > 0}, native=native)
 
 
 async def server_identity(client) -> str:

@@ -19,10 +19,11 @@ import numpy as np
 
 from deval.backends.http import Refused
 from deval.backends.logprobs import Token
+from deval.backends.urls import redact
 from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
-from deval.core.sampling import sampling_logprobs
+from deval.core.sampling import draw, sampling_logprobs
 from deval.core.trie import chain_rule, item_logprobs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FULL_MASS = 0.999  # a visible top-k holding this much is taken as the whole distribution
 STEP_SEED = 0  # the distribution at a prefix does not depend on the seed: one cache key per prefix
+LIGHT_TOP = 4000  # native route: rows this long first, the whole vocabulary only where they cannot decide
 
 
 class Vocab:
@@ -113,11 +115,77 @@ def visible_row(token: Token, vocab: Vocab) -> tuple[dict[int, float], float]:
 class Stepper:
     """Drives one run at a time through a backend's cached fetch on the completions route."""
 
-    def __init__(self, backend, vocab: Vocab, top: int):
+    def __init__(self, backend, vocab: Vocab, top: int, native_url: str | None = None):
         self.backend = backend
         self.vocab = vocab
         self.top = top
-        self.token_prompts: bool | None = None  # the server takes a prompt of token ids (llama-server); None: untried
+        self.native_url = native_url  # llama.cpp's native /completion: rows of `top` entries at token-id prefixes
+        # the server takes a prompt of token ids (llama-server); None: untried
+        self.token_prompts: bool | None = True if native_url else None
+
+    async def _native_row(self, transport: "Transport", tokens: list[int],
+                          n_probs: int | None = None) -> tuple[dict[int, float], float]:
+        """The row at a token-id prefix from the native route (n_probs, else top), through the response cache."""
+        from deval.backends import native
+        from deval.backends.cache import request_key
+        from deval.backends.http import Transient
+        from deval.backends.logprobs import Malformed, NoLogprobs
+
+        body = native.body([int(t) for t in tokens], n_probs or self.top, STEP_SEED,
+                           self.backend.capabilities().sampling, eos=self.vocab.llm.token_eos())
+        key = request_key(self.backend.settings.base_url, native.ROUTE, body)
+        record = self.backend.cache.get(key)
+        if record is not None:
+            ids, lps = native.read_row(record)
+        else:
+            got: list = []
+
+            def check(data: dict) -> None:
+                try:
+                    got[:] = native.read_row(data)
+                except NoLogprobs as exc:  # the same prefix gets the same answer: asking again cannot help
+                    raise BackendError(f"{redact(self.native_url)}: no probabilities at a prefix ({exc})") from None
+                except Malformed as exc:
+                    raise Transient(f"unusable native answer: {exc}") from None
+
+            self.backend.requests += 1
+            await transport.post(self.native_url, body, check)
+            ids, lps = got
+            self.backend.cache.put(key, native.pack(ids, lps, self.vocab.n_vocab))
+        keep = np.isfinite(lps)
+        return dict(zip(ids[keep].tolist(), lps[keep].tolist())), float(np.exp(lps[keep]).sum())
+
+    @property
+    def _whole(self) -> bool:
+        """The native route gives the whole vocabulary (else its rows are a top-k like any other)."""
+        return self.native_url is not None and self.top >= self.vocab.n_vocab
+
+    async def _native_dist(self, transport: "Transport", tokens: list[int], wanted, plain: bool):
+        """At T=1 without filters only the trie tokens' values count: a LIGHT_TOP row holding them all is exact;
+        else (a trie token below it, another temperature, filters) the whole vocabulary."""
+        if plain and self._whole and wanted is not None and LIGHT_TOP < self.top:
+            seen, mass = await self._native_row(transport, tokens, LIGHT_TOP)
+            if all(t in seen for t in wanted):
+                return seen, mass
+        return await self._native_row(transport, tokens)
+
+    async def _native_draw(self, transport: "Transport", tokens: list[int], rng: np.random.Generator) -> int:
+        """core.sampling.draw over the whole row, decided from a LIGHT_TOP row where every placement of the unseen
+        mass (at most (V - k) times the k-th probability) gives the same token; else from the whole row."""
+        from deval.backends import native
+
+        u = rng.random()
+        if LIGHT_TOP < self.top:
+            seen, _ = await self._native_row(transport, tokens, LIGHT_TOP)
+            tok = native.decided_draw(seen, u, self.vocab.n_vocab)
+            if tok is not None:
+                return tok
+        seen, _ = await self._native_row(transport, tokens)
+        logp = np.full(self.vocab.n_vocab, -np.inf)
+        logp[np.fromiter(seen, dtype=np.int64, count=len(seen))] = np.fromiter(seen.values(), dtype=np.float64,
+                                                                               count=len(seen))
+        cdf = np.cumsum(np.exp(logp - np.max(logp)))  # as core.sampling.draw, with this u
+        return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(cdf) - 1))
 
     async def _ask(self, transport: "Transport", text: str, top: int, tokens: list[int] | None = None):
         # min_tokens 1: an end-of-text draw would come back with no token and so no logprobs (llama-cpp-python);
@@ -136,11 +204,13 @@ class Stepper:
         choice = (await self.backend._fetch(transport, "completions", body, 1))[0]
         return choice.tokens[0] if choice.tokens else None
 
-    async def _dist(self, transport: "Transport", text: str, wanted=(),
-                    tokens: list[int] | None = None) -> tuple[dict[int, float], float]:
+    async def _dist(self, transport: "Transport", text: str, wanted=(), tokens: list[int] | None = None,
+                    plain: bool = False) -> tuple[dict[int, float], float]:
         """The visible T=1 row at a prefix. Text-keyed top-k (llama-cpp-python) keep, for a text several tokens
         spell, the value of the *last* (least likely) of them at the position of the first: where a wanted
         token's value is out of order it was overwritten, and is asked again with a top-k that ends at it."""
+        if self.native_url is not None:  # ids, not text: nothing collapses
+            return await self._native_dist(transport, tokens, wanted, plain)
         token = await self._ask(transport, text, self.top, tokens)
         if token is None:
             return {}, 0.0
@@ -189,7 +259,7 @@ class Stepper:
             if node and (node[:-1] not in rows or node[-1] not in rows[node[:-1]]):
                 continue  # its parent token is not visible: its mass counts as unseen
             seen, mass = await self._dist(transport, context + vocab.text(node), trie.children.get(node, ()),
-                                          tokens + list(node))
+                                          tokens + list(node), spec.temperature == 1.0 and not spec.filters.active)
             masses[node] = mass
             rows[node] = self._sampling(seen, mass, spec)
         # a trie token below a node's top-k holds at most that node's smallest visible probability
@@ -212,6 +282,29 @@ class Stepper:
                     final=False, tail=tail, missing=() if exact else missing, flags=tuple(dict.fromkeys(flags)),
                     tail_cap=None if exact else tail, item_logprobs=known), rows
 
+    async def _row_draw(self, transport: "Transport", spec: RunSpec, text: str, tokens: list[int],
+                        rng: np.random.Generator, flags: set[str]) -> int | None:
+        """One token drawn from the visible row at a prefix as the local draw (None: nothing visible)."""
+        seen, mass = await self._dist(transport, text, None, tokens)
+        row = self._sampling(seen, mass, spec)
+        if not row:
+            return None
+        ids = np.fromiter(row, dtype=np.int64, count=len(row))
+        values = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        if len(row) == self.vocab.n_vocab:  # the whole distribution (native route): the local draw itself
+            logp = np.full(self.vocab.n_vocab, -np.inf)
+            logp[ids] = values
+            return draw(logp, rng)
+        # core.sampling.draw walks the vocabulary in id order: so does this one (exact only where the tokens
+        # below the top-k hold no mass before the drawn one: a free walk may leave the trajectory)
+        order = np.argsort(ids, kind="stable")
+        cdf = np.cumsum(np.exp(values[order]))
+        u = rng.random()  # scaled by the whole distribution's mass (1), as the local draw
+        j = int(np.searchsorted(cdf, u, side="right"))
+        if j >= len(ids):  # the local draw would take a token below the top-k: the walk leaves its trajectory
+            flags.add("draw-below-top-k")
+        return int(ids[order[min(j, len(ids) - 1)]])
+
     async def _generate(self, transport: "Transport", spec: RunSpec, context: str, tokens: list[int],
                         rng: np.random.Generator):
         """LocalBackend._generate over HTTP: one token at a time from the visible row, drawn as the local draw."""
@@ -221,18 +314,13 @@ class Stepper:
         flags: set[str] = set()
         cut = True
         while len(generated) < answer_budget(spec.task.items, spec.limit):
-            seen, mass = await self._dist(transport, context + vocab.text(generated), None, tokens + generated)
-            row = self._sampling(seen, mass, spec)
-            ids = sorted(row)  # core.sampling.draw walks the vocabulary in id order: so does this one (exact only
-            # where the tokens below the top-k hold no mass before the drawn one: a free walk may leave the trajectory)
-            if not ids:
-                break
-            cdf = np.cumsum([math.exp(row[i]) for i in ids])
-            u = rng.random()  # scaled by the whole distribution's mass (1), as the local draw
-            j = int(np.searchsorted(cdf, u, side="right"))
-            if j >= len(ids):  # the local draw would take a token below the top-k: the walk leaves its trajectory
-                flags.add("draw-below-top-k")
-            tok = ids[min(j, len(ids) - 1)]
+            if self._whole and spec.temperature == 1.0 and not spec.filters.active:
+                tok = await self._native_draw(transport, tokens + generated, rng)
+            else:
+                tok = await self._row_draw(transport, spec, context + vocab.text(generated), tokens + generated,
+                                           rng, flags)
+                if tok is None:
+                    break
             if tok in vocab.eog:
                 cut = False
                 break

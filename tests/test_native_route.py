@@ -1,0 +1,201 @@
+"""llama.cpp's native /completion route on the wire (respx): found by the probe, used step by step with token-id
+prompts and n_probs = the vocabulary, numbers exact (tail 0), and recorded llama-server answers replayed."""
+
+import hashlib
+import json
+import math
+
+import httpx
+import numpy as np
+import pytest
+import respx
+
+from conftest import load_fixture, needs_model
+from deval.backends import native
+from deval.backends.openai import OpenAIBackend
+from deval.backends.probe import SEARCH_LIMIT
+from deval.core.protocol import RunSpec, run_seed
+from deval.core.tasks import TaskCatalog
+
+URL = "http://10.0.0.7:8080/v1"
+ROOT = "http://10.0.0.7:8080"
+
+
+def test_the_native_route_sits_at_the_server_root_outside_v1():
+    assert native.completion_url("http://h:8080/v1") == "http://h:8080/completion"
+    assert native.completion_url("http://h:8080/v1/") == "http://h:8080/completion"
+    assert native.completion_url("http://h/llama/v1?k=1") == "http://h/llama/completion?k=1"
+    assert native.completion_url("http://h:8080") == "http://h:8080/completion"
+
+
+def test_a_recorded_native_answer_reads_as_ids_and_logprobs():
+    record = load_fixture("llama-server/native.json")
+    ids, lps = native.read_row(record["response"])
+    top = record["response"]["completion_probabilities"][0]["top_logprobs"]
+    assert ids.tolist() == [e["id"] for e in top] and np.allclose(lps, [e["logprob"] for e in top])
+
+
+def test_a_recorded_full_vocabulary_answer_trimmed_reads_and_packs_losslessly():
+    record = load_fixture("llama-server/native-full-trimmed.json")
+    ids, lps = native.read_row(record["response"])
+    assert len(ids) == record["kept"] and record["returned"] == record["vocab"]
+    assert abs(record["mass"] - 1.0) < 1e-3  # the whole vocabulary (float32 values): every token's log-softmax
+    packed = native.pack(ids, lps, record["vocab"])
+    assert json.loads(packed)["dtype"] == "<f4"  # llama.cpp's values are float32: packed at 4 bytes, losslessly
+    back = native.read_row(json.loads(packed))
+    order = np.argsort(ids)
+    assert np.array_equal(back[0], ids[order]) and np.array_equal(back[1], lps[order])
+
+
+def test_a_whole_row_packs_without_ids():
+    rng = np.random.default_rng(3)
+    lps = np.log(rng.dirichlet(np.ones(300))).astype(np.float32).astype(np.float64)
+    ids = rng.permutation(300)
+    record = json.loads(native.pack(ids, lps, 300))
+    assert "ids" not in record
+    back_ids, back = native.read_row(record)
+    assert np.array_equal(back_ids, np.arange(300)) and np.array_equal(back[ids], lps)
+
+
+def test_an_end_of_text_draw_still_carries_the_distribution():
+    record = load_fixture("llama-server/native-eos.json")  # EOS forced by logit_bias: values stay pre-bias
+    assert record["response"]["stop_type"] == "eos"
+    ids, lps = native.read_row(record["response"])
+    assert len(ids) == 3 and 2 not in ids.tolist() and np.all(lps < 0)
+
+
+@needs_model
+def test_the_gguf_tokenizer_gives_the_token_ids_llama_server_gives():
+    from deval.backends.local import embedded_model_path
+    from deval.backends.stepper import Vocab
+
+    record = load_fixture("llama-server/tokenize.json")
+    vocab = Vocab(str(embedded_model_path()))
+    try:
+        assert vocab.tokenize(record["request"]["content"]) == [t["id"] for t in record["response"]["tokens"]]
+        assert [vocab.piece(t["id"]).decode() for t in record["response"]["tokens"]] == [
+            t["piece"] for t in record["response"]["tokens"]]
+    finally:
+        vocab.close()
+
+
+@respx.mock
+def test_the_probe_replays_a_recorded_native_answer_and_a_short_row_is_not_the_whole_vocabulary(tmp_path):
+    record = load_fixture("llama-server/native-full-trimmed.json")
+    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": []}, headers={"server": "x"}))
+    respx.post(f"{URL}/chat/completions").mock(side_effect=fake_openai)
+    respx.post(f"{URL}/completions").mock(side_effect=fake_openai)
+    wire = respx.post(f"{ROOT}/completion").mock(return_value=httpx.Response(200, json=record["response"]))
+    engine = OpenAIBackend(model="m", preset="llama-server", base_url=URL, api_key_env="",
+                           cache_dir=str(tmp_path / "cache"), retry_base=0.001)
+    caps = engine.capabilities()
+    engine.close()
+    assert wire.call_count == 1 and caps.native == record["kept"] and not caps.full["native"]
+
+
+def test_sentinels_read_as_minus_infinity_and_a_shape_without_ids_is_malformed():
+    body = {"completion_probabilities": [{"id": 1, "logprob": -0.1, "top_logprobs": [
+        {"id": 1, "logprob": -0.1}, {"id": 2, "logprob": -3.4e38}]}]}
+    assert native.read_row(body)[1][1] == -math.inf
+    with pytest.raises(native.Malformed):
+        native.read_row({"completion_probabilities": [{"top_logprobs": [{"token": "a", "logprob": -1}]}]})
+
+
+# -- a fake llama-server whose rows are the whole vocabulary ----------------------------------------------------
+
+def _row(prompt, vocab: int) -> np.ndarray:
+    """A deterministic full log-softmax row for a token-id prompt (digits and ', ' likely)."""
+    digest = hashlib.sha256(json.dumps(prompt).encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    logits = rng.normal(-4.0, 2.0, vocab)
+    logits[rng.integers(0, vocab, 40)] += 8.0
+    return logits - np.logaddexp.reduce(logits)
+
+
+def fake_native(vocab: int):
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        row = _row(body["prompt"], vocab)
+        k = min(int(body["n_probs"]), vocab)
+        order = np.argsort(-row, kind="stable")[:k]
+        top = [{"id": int(i), "token": "?", "bytes": [63], "logprob": float(row[i])} for i in order]
+        return httpx.Response(200, json={"content": "?", "completion_probabilities": [
+            {"id": int(order[0]), "token": "?", "bytes": [63], "logprob": top[0]["logprob"], "top_logprobs": top}]})
+    return answer
+
+
+def fake_openai(request: httpx.Request) -> httpx.Response:
+    content = [{"id": 17, "token": "1", "bytes": [49], "logprob": -0.5,
+                "top_logprobs": [{"id": 17, "token": "1", "bytes": [49], "logprob": -0.5}]}]
+    return httpx.Response(200, json={"choices": [{"index": 0, "text": "1", "message": {"content": "1"},
+                                                  "logprobs": {"content": content}, "finish_reason": "length"}]})
+
+
+@needs_model
+@respx.mock
+@pytest.mark.parametrize("preset", ["llama-server", "openai"])
+def test_step_by_step_runs_take_the_whole_distribution_from_the_native_route(tmp_path, preset):
+    from deval.backends.local import embedded_model_path
+
+    gguf = str(embedded_model_path())
+    header = {"server": "llama.cpp"} if preset == "openai" else {"server": "other"}  # generic: found by its header
+    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}, headers=header))
+    respx.post(f"{URL}/chat/completions").mock(side_effect=fake_openai)
+    respx.post(f"{URL}/completions").mock(side_effect=fake_openai)
+    engine = OpenAIBackend(model="m", preset=preset, base_url=URL, api_key_env="", tokenizer=gguf,
+                           cache_dir=str(tmp_path / "cache"), retry_base=0.001)
+    from deval.backends.stepper import Vocab
+
+    size = Vocab(gguf).n_vocab
+    wire = respx.post(f"{ROOT}/completion").mock(side_effect=fake_native(size))
+    caps = engine.capabilities()
+    assert caps.native == size and caps.full["native"]
+    assert json.loads(wire.calls[0].request.content)["n_probs"] == SEARCH_LIMIT  # the probe asks for everything
+    assert engine.describe()["route"] == "native /completion (exact)"
+    task = TaskCatalog.load().get("extreme")
+    spec = RunSpec(task=task, run=0, seed=run_seed(0, task.name, 0), mode="sequence", steps=3,
+                   positions="constrained")
+    probed = wire.call_count
+    steps = list(engine.measure([spec]))
+    engine.close()
+    sent = [json.loads(c.request.content) for c in wire.calls[probed:]]
+    from deval.backends.stepper import LIGHT_TOP
+
+    # a top-1000 row first; the whole vocabulary where a trie token is below it
+    assert sent and all(b["n_probs"] in (LIGHT_TOP, size) and isinstance(b["prompt"], list) for b in sent)
+    assert all(all(isinstance(t, int) for t in b["prompt"]) for b in sent)
+    assert not respx.calls.last.request.url.path.startswith("/v1")
+    trie_root = Vocab(gguf)
+    _, prompt = trie_root.prompt(spec)
+    for step in steps:
+        assert step.tail == 0.0 and step.missing == () and "missing-items" not in step.flags
+    # step 0's item probabilities: the chain rule down the item trie over the fake server's rows at the prompt
+    from deval.core.trie import chain_rule
+
+    trie = trie_root.item_trie(task.matcher)
+    want = chain_rule(trie.children, trie.ends, lambda node, tok: math.exp(_row(prompt + list(node), size)[tok]),
+                      len(task.items))
+    assert np.allclose(steps[0].probs, want, rtol=1e-9, atol=0)
+    assert sum(steps[0].probs) > 0
+    trie_root.close()
+
+
+def test_a_draw_decided_from_the_top_k_is_the_draw_over_the_whole_row():
+    from deval.core.sampling import draw
+
+    rng = np.random.default_rng(11)
+    decided = 0
+    for trial in range(300):
+        vocab = 2000
+        logits = rng.normal(-12.0, 3.0, vocab)
+        logits[rng.integers(0, vocab, 5)] += rng.uniform(10, 25)
+        logp = logits - np.logaddexp.reduce(logits)
+        k = int(rng.choice([5, 50, 500]))
+        top = np.argsort(-logp)[:k]
+        seen = {int(i): float(logp[i]) for i in top}
+        u = float(np.random.default_rng(trial).random())
+        got = native.decided_draw(seen, u, vocab)
+        if got is not None:
+            decided += 1
+            assert got == draw(logp, np.random.default_rng(trial))  # the same u: the same token
+    assert decided > 100  # peaked rows: most draws are decided by their top-k
