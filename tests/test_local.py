@@ -226,7 +226,7 @@ def test_constrained_sampler_draws_items_with_their_renormalised_probabilities(b
     assert stats.chisquare(observed[keep], wanted[keep] * observed.sum() / wanted[keep].sum()).pvalue > 1e-3
 
 
-def test_threads_set_the_batch_threads_too_and_waits_are_passive():
+def test_threads_set_the_batch_threads_too_and_waits_spin_briefly():
     from deval.backends.local import LocalBackend
 
     local = LocalBackend(threads=1, ctx=256)
@@ -239,9 +239,14 @@ def test_threads_set_the_batch_threads_too_and_waits_are_passive():
     import subprocess
     import sys
 
-    code = "import deval.backends.local, os; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-                            capture_output=True, text=True, check=True)
-    assert (unset.stdout.strip(), chosen.stdout.strip()) == ("PASSIVE", "ACTIVE")  # the user's choice wins
+    code = ("import deval.backends.local, os; "
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def wait(**chosen) -> str:
+        return subprocess.run([sys.executable, "-c", code], env={**env, **chosen}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert wait() == "1000 None"  # a short spin, then sleep: llama.cpp's threads yield to other jobs
+    assert wait(OMP_WAIT_POLICY="ACTIVE") == "None ACTIVE"  # the user's choice wins
+    assert wait(GOMP_SPINCOUNT="50") == "50 None"

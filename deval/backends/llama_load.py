@@ -1,5 +1,5 @@
 """Finding and loading GGUF models for llama-cpp-python: the embedded model, file checks, and the Llama itself
-(plain CPU kernels, threads for single and batch decodes, a passive OpenMP wait)."""
+(plain CPU kernels, threads for single and batch decodes, a short OpenMP spin)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-# llama.cpp's OpenMP threads spin while they wait; on a busy machine a 2-token decode then took seconds instead of
-# milliseconds. A passive wait policy (unless the user chose one) must be set before libgomp loads with llama_cpp.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How llama.cpp's OpenMP threads wait at each of a decode's barriers, set before libgomp loads with llama_cpp unless
+# the user chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT). libgomp's default spins 300,000 times: on a busy machine a
+# 2-token decode then took seconds instead of milliseconds. A passive wait (no spin) costs 3.5x on an idle 2-core
+# VM (each barrier waits for a sleeping thread to wake: 20 ms against 5.9 ms per token for 30 runs x 3 tokens).
+# A short spin of 1000 keeps the idle speed and yields at once to other jobs (14.9 ms per token with two busy
+# processes on the 2 cores; bench/busy.py).
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "1000"
 
 import llama_cpp  # noqa: E402,F401  (re-exported: deval.backends.local uses it)
 import llama_cpp.llama_cpp as llama_lib  # noqa: E402
