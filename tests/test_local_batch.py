@@ -104,3 +104,17 @@ def test_batched_generation_gives_the_texts_of_one_at_a_time(backend):
         backend.batch = None
     assert dict(got) == expected and sorted(i for i, _ in got) == list(range(len(specs)))
     assert len(set(expected.values())) > 2  # the seeds and prompts do give different texts
+
+
+def test_code_batch_option_changes_no_sample(tmp_path):
+    """`deval code --batch 1` and `--batch 3` on the embedded model write the same completions."""
+    import json
+
+    texts = {}
+    for batch in ("1", "3"):
+        out = tmp_path / f"b{batch}"
+        run_json("code", "--problems", "0", "--samples", "3", "--max-tokens", "24", "--threads", "2",
+                 "--batch", batch, "--out", str(out))
+        records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        texts[batch] = {(r["task_id"], r["sample"]): r["completion"] for r in records}
+    assert texts["1"] == texts["3"] and len(texts["1"]) == 3

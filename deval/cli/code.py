@@ -9,14 +9,14 @@ from typing import Optional
 import typer
 
 from deval import backends as registry
-from deval.cli.common import (ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt, CtxOpt,
+from deval.cli.common import (ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, BatchOpt, CacheDirOpt, ConcurrencyOpt, CtxOpt,
                               FilterOrderOpt, GpuLayersOpt, JsonOpt, MinPOpt, ModelOpt, NoCacheOpt, NoProbeOpt, OutOpt,
                               ResumeOpt, RetryBudgetOpt, SeedOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopPOpt,
                               backend_options, check_local, default_dir, err, filters_from, interrupted, out)
 from deval.errors import ConfigError
 
-CODE_BACKEND_OPTIONS = ("gpu_layers", "threads", "ctx", "base_url", "api_key_env", "concurrency", "timeout",
-                        "retry_budget", "cache_dir", "no_cache", "no_probe", "script")
+CODE_BACKEND_OPTIONS = ("gpu_layers", "threads", "batch", "ctx", "base_url", "api_key_env", "concurrency",
+                        "timeout", "retry_budget", "cache_dir", "no_cache", "no_probe", "script")
 
 
 def code_command(
@@ -48,6 +48,7 @@ def code_command(
     json_out: JsonOpt = False,
     gpu_layers: GpuLayersOpt = None,
     threads: ThreadsOpt = None,
+    batch: BatchOpt = None,
     ctx: CtxOpt = None,
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = None,

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from deval import backends as registry
-from deval.cli.common import (ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt, CtxOpt,
+from deval.cli.common import (ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, BatchOpt, CacheDirOpt, ConcurrencyOpt, CtxOpt,
                               FilterOrderOpt, GpuLayersOpt, JsonOpt, MinPOpt, ModelOpt, NoCacheOpt, NoProbeOpt,
                               RawPromptOpt, RetryBudgetOpt, RouteOpt, ThreadsOpt, TimeoutOpt, TopKOpt, TopPOpt,
                               backend_options, check_local, check_range, default_dir, err, filters_from, interrupted,
@@ -56,6 +56,7 @@ def recommend(
     json_out: JsonOpt = False,
     gpu_layers: GpuLayersOpt = None,
     threads: ThreadsOpt = None,
+    batch: BatchOpt = None,
     ctx: CtxOpt = None,
     raw_prompt: RawPromptOpt = False,
     base_url: BaseUrlOpt = None,
@@ -86,8 +87,8 @@ def recommend(
             check_range(name, value, lo=1)
         check_local(ctx, threads, gpu_layers)
         options = {} if completions else backend_options(
-            backend, gpu_layers=gpu_layers, threads=threads, ctx=ctx, raw_prompt=raw_prompt, base_url=base_url,
-            api_key_env=api_key_env, concurrency=concurrency, route=route, timeout=timeout,
+            backend, gpu_layers=gpu_layers, threads=threads, batch=batch, ctx=ctx, raw_prompt=raw_prompt,
+            base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, route=route, timeout=timeout,
             retry_budget=retry_budget, cache_dir=cache_dir, no_cache=no_cache, no_probe=no_probe)
         if completions and not completions.is_file():
             raise ConfigError(f"--completions {completions} not found; pass a JSONL file of "
