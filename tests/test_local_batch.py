@@ -83,7 +83,6 @@ def test_batch_option_changes_no_number(tmp_path):
 def test_batched_generation_gives_the_texts_of_one_at_a_time(backend):
     """deval code / recommend's free text: generated together (the prompt copied, one decode for every spec's next
     token), each text is the one the spec gives alone on the main context."""
-    from deval.backends.local import Decode
     from deval.backends.local_generate import _sample, end_tokens, prompt_for
     from deval.core.protocol import GenerateSpec
 
@@ -91,10 +90,7 @@ def test_batched_generation_gives_the_texts_of_one_at_a_time(backend):
              for p in ("Name a fruit.", "Write a haiku about rain.") for s, t in ((1, 1.0), (2, 1.0), (3, 0.7))]
 
     def alone(index, spec):
-        work, rows = _sample(backend, index, spec, prompt_for(backend, spec), end_tokens(backend)), None
-        while isinstance(out := work.send(rows), Decode):
-            rows = backend._decode(out.n_past, out.new, out.first_wanted)
-        return out
+        return next(backend._drive(_sample(backend, index, spec, prompt_for(backend, spec), end_tokens(backend))))
 
     expected = dict(alone(i, s) for i, s in enumerate(specs))
     backend.batch = 4

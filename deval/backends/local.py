@@ -137,15 +137,17 @@ class LocalBackend:
         """The runs' steps, R runs at a time (deval.backends.local_batch); the same numbers as one at a time."""
         yield from measure_batched(self, list(runs))
 
-    def _drive(self, run) -> Iterator[Step]:
-        """One run on the main context, its decodes answered one by one (as before batching; the lens uses it)."""
-        self._kv, self._base = [], None  # the main context's cache will hold this run: next_logprobs starts afresh
+    def _drive(self, work):
+        """One run (or any of its generators: _evaluate, _measure, ...) on the main context, its decodes answered
+        one by one (as before batching; the lens uses it): yields what the work yields besides Decodes and returns
+        the work's own return value."""
+        self._kv, self._base = [], None  # the main context's cache will hold this work: next_logprobs starts afresh
         rows = None
         while True:
             try:
-                out = run.send(rows)
-            except StopIteration:
-                return
+                out = work.send(rows)
+            except StopIteration as done:
+                return done.value
             rows = None
             if isinstance(out, Decode):
                 rows = self._decode(out.n_past, out.new, out.first_wanted)
@@ -153,14 +155,12 @@ class LocalBackend:
                 yield out
 
     def _complete(self, work):
-        """The return value of one of the run's generators (_evaluate, _measure, ...), decoded on the main context."""
-        rows = None
-        while True:
-            try:
-                req = work.send(rows)
-            except StopIteration as done:
-                return done.value
-            rows = self._decode(req.n_past, req.new, req.first_wanted)
+        """The return value of a generator that yields only Decodes (_evaluate, _measure, ...), on the main context."""
+        try:
+            next(self._drive(work))
+        except StopIteration as done:
+            return done.value
+        raise BackendError("a decode-only generator yielded a result")
 
     def generate(self, specs: Sequence[GenerateSpec]) -> Iterator[tuple[int, str]]:
         """Free text from deval's own seeded sampler over the exact distribution (deval.backends.local_generate)."""

@@ -123,17 +123,10 @@ class SeqPool:
 
     def _decode_alone(self, seq: int, req: Decode) -> list[np.ndarray]:
         """One run's chunk in pieces of n_batch, as the main context decodes it (LocalBackend._decode)."""
-        llama_cpp.llama_memory_seq_rm(self.memory, seq, req.n_past, -1)
         rows = []
         for start in range(0, len(req.new), self.n_batch):
-            chunk = req.new[start:start + self.n_batch]
-            b = self.batch
-            b.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = tok, req.n_past + start + i, 1, seq
-                b.logits[i] = start + i >= req.first_wanted
-            self._run_decode()
-            rows += [self._row(i) for i in range(len(chunk)) if start + i >= req.first_wanted]
+            piece = Decode(req.n_past + start, req.new[start:start + self.n_batch], max(0, req.first_wanted - start))
+            rows += self.decode([(seq, piece)])[0]
         return rows
 
     def _run_decode(self) -> None:
