@@ -58,7 +58,7 @@ def rounded(n: int) -> int:
 def seq_tokens(backend, runs: list[RunSpec]) -> int:
     """Tokens one run's sequence can need: its prompt, the most it generates and the deepest item spelling."""
     need = 0
-    for spec in runs:
+    for spec in {(s.task.name, s.mode, s.steps, s.positions): s for s in runs}.values():  # one per kind of run
         trie = backend.item_trie(spec.task.matcher)
         depth = max((len(path) for path in trie.ends), default=1)
         if spec.positions == "constrained":
