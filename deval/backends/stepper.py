@@ -23,7 +23,7 @@ from deval.backends.urls import redact
 from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
-from deval.core.sampling import draw, sampling_logprobs
+from deval.core.sampling import draw, draw_at, sampling_logprobs
 from deval.core.trie import chain_rule, item_logprobs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,11 +181,14 @@ class Stepper:
             if tok is not None:
                 return tok
         seen, _ = await self._native_row(transport, tokens)
+        return draw_at(self._full_row(seen), u)
+
+    def _full_row(self, row: dict[int, float]) -> np.ndarray:
+        """A whole-vocabulary row (token id -> logprob) as the local backend's array."""
         logp = np.full(self.vocab.n_vocab, -np.inf)
-        logp[np.fromiter(seen, dtype=np.int64, count=len(seen))] = np.fromiter(seen.values(), dtype=np.float64,
-                                                                               count=len(seen))
-        cdf = np.cumsum(np.exp(logp - np.max(logp)))  # as core.sampling.draw, with this u
-        return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(cdf) - 1))
+        logp[np.fromiter(row, dtype=np.int64, count=len(row))] = np.fromiter(row.values(), dtype=np.float64,
+                                                                             count=len(row))
+        return logp
 
     async def _ask(self, transport: "Transport", text: str, top: int, tokens: list[int] | None = None):
         # min_tokens 1: an end-of-text draw would come back with no token and so no logprobs (llama-cpp-python);
@@ -289,12 +292,10 @@ class Stepper:
         row = self._sampling(seen, mass, spec)
         if not row:
             return None
+        if len(row) == self.vocab.n_vocab:  # the whole distribution (native route): the local draw itself
+            return draw(self._full_row(row), rng)
         ids = np.fromiter(row, dtype=np.int64, count=len(row))
         values = np.fromiter(row.values(), dtype=np.float64, count=len(row))
-        if len(row) == self.vocab.n_vocab:  # the whole distribution (native route): the local draw itself
-            logp = np.full(self.vocab.n_vocab, -np.inf)
-            logp[ids] = values
-            return draw(logp, rng)
         # core.sampling.draw walks the vocabulary in id order: so does this one (exact only where the tokens
         # below the top-k hold no mass before the drawn one: a free walk may leave the trajectory)
         order = np.argsort(ids, kind="stable")

@@ -103,5 +103,10 @@ def _restrict(logp: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def draw(logp: np.ndarray, rng: np.random.Generator) -> int:
     """One index drawn from exp(logp) with an explicit generator (inverse CDF, float64)."""
+    return draw_at(logp, rng.random())
+
+
+def draw_at(logp: np.ndarray, u: float) -> int:
+    """The index the inverse CDF of exp(logp) gives at the uniform number u (what draw does with rng.random())."""
     cdf = np.cumsum(np.exp(logp - np.max(logp)))  # unnormalised is fine: the draw is scaled by cdf[-1]
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+    return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(cdf) - 1))
