@@ -19,8 +19,8 @@ from typing import Iterator, Sequence
 
 # llama_load first: it sets llama.cpp's OpenMP wait policy before llama_cpp loads. The loading names stay
 # importable from here (deval.backends.local.open_llama, embedded_model_path, ...).
-from deval.backends.llama_load import (DEFAULT_CTX, EMBEDDED_NAME, EMBEDDED_PACKAGE, check_ctx,  # noqa: F401
-                                       check_model_file, embedded_model_path, llama_cpp, open_llama,
+from deval.backends.llama_load import (DEFAULT_CTX, EMBEDDED_NAME, EMBEDDED_PACKAGE, FLASH_ATTN_DEFAULT,  # noqa: F401
+                                       check_ctx, check_model_file, embedded_model_path, llama_cpp, open_llama,
                                        plain_cpu_kernels, usable_cpus)
 
 import numpy as np  # noqa: E402
@@ -48,22 +48,25 @@ class LocalBackend:
 
     name = "local"
     exact = True
-    OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt", "batch")
+    OPTIONS = ("gpu_layers", "threads", "ctx", "raw_prompt", "batch", "flash_attn")
 
     def __init__(self, model: str | None = None, gpu_layers: int | None = None, threads: int | None = None,
-                 ctx: int | None = None, raw_prompt: bool = False, batch: int | None = None):
+                 ctx: int | None = None, raw_prompt: bool = False, batch: int | None = None,
+                 flash_attn: bool | None = None):
         path = check_model_file(Path(model)) if model else embedded_model_path()
         self.model = str(path)
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         self.gpu_layers = gpu_layers if gpu_layers is not None else (-1 if self.gpu_offload else 0)
         self.raw_prompt = raw_prompt
+        self.flash_attn = FLASH_ATTN_DEFAULT if flash_attn is None else flash_attn in (True, "on")
         self.batch = batch  # runs decoded together by measure(); None: chosen from the model and the runs
         self._pool = None  # deval.backends.local_batch.SeqPool, made by the first measure()
         if ctx and ctx > DEFAULT_CTX:
             check_ctx(path, ctx)
         try:
             self.llm = self._open(path, threads=threads, n_gpu_layers=self.gpu_layers,
-                                  n_ctx=ctx or DEFAULT_CTX, logits_all=False, verbose=False)
+                                  n_ctx=ctx or DEFAULT_CTX, logits_all=False, verbose=False,
+                                  flash_attn=self.flash_attn)
         except (ValueError, RuntimeError) as exc:
             if ctx and ctx > DEFAULT_CTX:  # the model loads at the default size: the context did not fit
                 raise ConfigError(f"llama.cpp could not make a {ctx}-token context for {path} ({exc}); lower --ctx "
@@ -129,6 +132,7 @@ class LocalBackend:
     def describe(self) -> dict:
         return {"name": self.name, "model": self.model, "exact": True, "n_vocab": self.n_vocab,
                 "n_ctx": self.n_ctx, "gpu_layers": self.gpu_layers, "gpu_offload_supported": self.gpu_offload,
+                "flash_attn": self.flash_attn,
                 "chat_template": self._formatter is not None,
                 "eog_tokens": sorted(self._eog), "llama_cpp_python": llama_cpp.__version__,
                 "model_bytes": Path(self.model).stat().st_size}

@@ -63,6 +63,8 @@ BatchOpt = Annotated[Optional[int], typer.Option(
     parser=Number(int, 1, 256, example=8))]
 CtxOpt = Annotated[Optional[int], typer.Option(help="local: context size in tokens.",
                                                parser=Number(int, 64, MAX_CTX, example=4096))]
+FlashAttnOpt = Annotated[Optional[str], typer.Option(
+    "--flash-attn", help="local: on | off (default on, as llama.cpp's own 'auto' on CPU; llama-server -fa).")]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="local: plain text prompt, no chat template.")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option(
     "--base-url", help="http: server URL, e.g. http://127.0.0.1:8000/v1 (again on --resume if it held secrets).",
@@ -93,9 +95,9 @@ TokenizerOpt = Annotated[Optional[str], typer.Option(
     "--tokenizer", help="http: the server model's GGUF (read vocab-only): drive runs step by step on the "
                         "completions route, deval drawing each item with the run's seed.")]
 
-BACKEND_OPTIONS = ("gpu_layers", "threads", "batch", "ctx", "raw_prompt", "base_url", "api_key_env", "concurrency",
-                   "route", "top_logprobs", "timeout", "retry_budget", "max_tokens", "cache_dir", "no_cache", "no_probe",
-                   "tokenizer")
+BACKEND_OPTIONS = ("gpu_layers", "threads", "batch", "ctx", "raw_prompt", "flash_attn", "base_url", "api_key_env",
+                   "concurrency", "route", "top_logprobs", "timeout", "retry_budget", "max_tokens", "cache_dir",
+                   "no_cache", "no_probe", "tokenizer")
 
 
 def check_range(name: str, value, lo=None, hi=None, lo_open=False) -> None:
@@ -165,6 +167,8 @@ def profile_config(options: dict, temperature: float = 1.0) -> ProfileConfig:
     check_range("--steps", o["steps"], lo=1)
     check_range("--temperature", temperature, lo=0, lo_open=True)
     check_local(o["ctx"], o["threads"], o["gpu_layers"])
+    if o.get("flash_attn") not in (None, "on", "off"):
+        raise ConfigError(f"--flash-attn must be on or off (got {o['flash_attn']})")
     filters = filters_from(o["top_k"], o["top_p"], o["min_p"], o["filter_order"])
     positions = o.get("positions", "free")
     if positions not in POSITION_MODES:

@@ -13,7 +13,8 @@ from deval import backends as registry
 from deval.cli.common import (DEFAULT_TASKS, ApiKeyEnvOpt, BatchOpt, BackendOpt, BaseUrlOpt, CacheDirOpt,
                               ConcurrencyOpt, CtxOpt, FilterOrderOpt, GpuLayersOpt, JsonOpt, MaxTokensOpt, MinPOpt,
                               ModelOpt, ModeOpt, NoCacheOpt, NoProbeOpt, OutOpt, PositionsOpt, MinMassOpt, RawPromptOpt,
-                              ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt, SeedOpt, StepsOpt, TaskOpt, TasksDirOpt,
+                              FlashAttnOpt, ResumeOpt, RetryBudgetOpt, RouteOpt, RunsOpt, SeedOpt, StepsOpt, TaskOpt,
+                              TasksDirOpt,
                               ThreadsOpt, TimeoutOpt, TokenizerOpt, TopKOpt, TopLogprobsOpt, TemperatureOpt, TopPOpt,
                               check_resume, damaged_summary, err, interrupted, json_summary, out, profile_config,
                               progress_bar, with_given_again)
@@ -72,6 +73,7 @@ def profile(
     batch: BatchOpt = None,
     ctx: CtxOpt = None,
     raw_prompt: RawPromptOpt = False,
+    flash_attn: FlashAttnOpt = None,
     base_url: BaseUrlOpt = None,
     api_key_env: ApiKeyEnvOpt = None,
     concurrency: ConcurrencyOpt = None,
