@@ -199,3 +199,41 @@ def test_a_draw_decided_from_the_top_k_is_the_draw_over_the_whole_row():
             decided += 1
             assert got == draw(logp, np.random.default_rng(trial))  # the same u: the same token
     assert decided > 100  # peaked rows: most draws are decided by their top-k
+
+
+@needs_model
+@respx.mock
+@pytest.mark.parametrize("given", [None, 4])
+def test_native_rows_are_asked_one_at_a_time_unless_concurrency_is_given(tmp_path, given):
+    """llama-server computes a row differently when it batches several slots' requests: one in flight by default."""
+    import asyncio
+
+    from deval.backends.local import embedded_model_path
+    from deval.backends.stepper import Vocab
+
+    gguf = str(embedded_model_path())
+    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}))
+    respx.post(f"{URL}/chat/completions").mock(side_effect=fake_openai)
+    respx.post(f"{URL}/completions").mock(side_effect=fake_openai)
+    size = Vocab(gguf).n_vocab
+    answer, now, most = fake_native(size), [0], [0]
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        now[0] += 1
+        most[0] = max(most[0], now[0])
+        await asyncio.sleep(0.002)
+        now[0] -= 1
+        return answer(request)
+
+    respx.post(f"{ROOT}/completion").mock(side_effect=slow)
+    engine = OpenAIBackend(model="m", preset="llama-server", base_url=URL, api_key_env="", tokenizer=gguf,
+                           cache_dir=str(tmp_path / "cache"), retry_base=0.001, concurrency=given)
+    task = TaskCatalog.load().get("extreme")
+    specs = [RunSpec(task=task, run=r, seed=run_seed(0, task.name, r), mode="sequence", steps=2,
+                     positions="constrained") for r in range(6)]
+    most[0] = 0  # after the probe
+    steps = list(engine.measure(specs))
+    assert engine.describe()["requests_in_flight"] == (given or 1)
+    engine.close()
+    assert len(steps) == 12
+    assert (most[0] == 1) if given is None else (most[0] > 1)

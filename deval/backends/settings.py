@@ -27,6 +27,7 @@ class Settings:
     top_logprobs: int
     concurrency: int = 16
     top_given: bool = False  # --top-logprobs was given: the probe searches no higher
+    concurrency_given: bool = False  # --concurrency was given: it holds on the native route too
     timeout: float = 120.0
     retry_budget: float = 300.0
     retry_base: float = 0.5
@@ -64,7 +65,8 @@ class Settings:
                    route=route, top_logprobs=int(top), concurrency=concurrency or preset.concurrency, timeout=timeout or 120.0,
                    retry_budget=300.0 if retry_budget is None else retry_budget,
                    retry_base=0.5 if retry_base is None else retry_base, cache_dir=directory,
-                   probe=not no_probe, max_tokens=max_tokens, top_given=top_logprobs is not None)
+                   probe=not no_probe, max_tokens=max_tokens, top_given=top_logprobs is not None,
+                   concurrency_given=concurrency is not None)
 
     @property
     def probe_limit(self) -> int:
