@@ -34,12 +34,13 @@ from deval.core.tasks import TaskCatalog  # noqa: E402
 from deval.runs.store import RunDir  # noqa: E402
 
 
-def start_server(gguf: Path) -> tuple[subprocess.Popen, str]:
+def start_server(gguf: Path, flash_attn: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "llama_cpp_server_plain.py"), "--model", str(gguf),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"],
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+                             "--flash_attn", str(flash_attn == "on")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):
@@ -52,13 +53,13 @@ def start_server(gguf: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not come up")
 
 
-def start_llama_server(gguf: Path) -> tuple[subprocess.Popen, str]:
+def start_llama_server(gguf: Path, flash_attn: str) -> tuple[subprocess.Popen, str]:
     sys.path.insert(0, str(ROOT / "tests"))
     import llama_server
 
     if llama_server.binary() is None:
         raise SystemExit(llama_server.NOT_BUILT)
-    return llama_server.start(str(gguf), threads=1)
+    return llama_server.start(str(gguf), "--flash-attn", flash_attn, threads=1)
 
 
 def profile(name: str, backend: str, model: str | None, options: dict, args, tasks) -> tuple[dict, float]:
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--server", choices=("llama-cpp-python", "llama-server"), default="llama-cpp-python")
     parser.add_argument("--only", action="append", default=[],
                         help="variants to run: preset, generic, top20, free (default: preset, generic, top20)")
+    parser.add_argument("--flash-attn", choices=("on", "off"), default="on",
+                        help="in-process and on the server alike (default on: llama.cpp's own default)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     catalog = TaskCatalog.load()
@@ -92,9 +95,10 @@ def main() -> None:
     gguf = embedded_model_path()
     variants = args.only or ["preset", "generic", "top20"] + (["free"] if args.free else [])
     starter = start_llama_server if args.server == "llama-server" else start_server
-    proc, url = (None, args.url) if args.url else starter(gguf)
+    proc, url = (None, args.url) if args.url else starter(gguf, args.flash_attn)
     cache = tempfile.mkdtemp(prefix="deval-fidelity-")
-    results, routes = {"in-process": profile("local", "local", None, {"threads": 1}, args, tasks)}, {}
+    results, routes = {"in-process": profile("local", "local", None,
+                                               {"threads": 1, "flash_attn": args.flash_attn}, args, tasks)}, {}
     try:
         step = {"base_url": url, "tokenizer": str(gguf), "cache_dir": cache}
         runs = {"preset": (args.server, step), "generic": ("openai", step | {"api_key_env": ""}),
@@ -114,7 +118,8 @@ def main() -> None:
             proc.wait(10)
     ref, ref_time = results["in-process"]
     print(f"{args.server}: {args.runs} runs, seed {args.seed}, steps {args.steps or 'per task'}; e-score / ATVD")
-    figures = {"server": args.server, "runs": args.runs, "steps": args.steps, "seed": args.seed, "variants": {}}
+    figures = {"server": args.server, "flash_attn": args.flash_attn, "runs": args.runs, "steps": args.steps,
+               "seed": args.seed, "variants": {}}
     for name, (summary, took) in results.items():
         worst, cells, inside = 0.0, [], []
         for t in tasks:

@@ -117,6 +117,9 @@ def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
         run_dir.close()
         _record_transport(run_dir, before, _stats(backend))
     summary = summarise(config, run_dir.iter_completed_steps())  # streamed: no run is held in memory
+    route = backend.describe().get("route")  # HTTP backends: how P_token was read, and whether it is exact
+    if route:
+        summary["route"] = route
     run_dir.write_summary(summary)
     return summary
 

@@ -36,7 +36,8 @@ def completion_url(base_url: str) -> str:
 FORCE_BIAS = 1e4  # logit bias that makes the server's own draw its end-of-text token
 
 
-def body(prompt, n_probs: int, seed: int, sampling: dict | None = None, eos: int | None = None) -> dict:
+def body(prompt, n_probs: int, seed: int, sampling: dict | None = None, eos: int | None = None,
+         slot: int | None = None, cold: bool = False) -> dict:
     """One token's distribution at a prompt (token ids or text): pre-sampling values, no post-sampling probs.
 
     With eos, the server's own (unused) draw is forced to end-of-text by logit_bias: llama-server drops the
@@ -46,6 +47,10 @@ def body(prompt, n_probs: int, seed: int, sampling: dict | None = None, eos: int
            "post_sampling_probs": False} | dict(sampling or {})
     if eos is not None:
         out["logit_bias"] = [[int(eos), FORCE_BIAS]]
+    if slot is not None:
+        out["id_slot"] = int(slot)
+    if cold:
+        out["cache_prompt"] = False
     return out
 
 

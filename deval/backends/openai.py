@@ -268,7 +268,8 @@ class OpenAIBackend:
     def in_flight(self) -> int:
         """Most requests in flight. llama-server computes a row differently when it batches requests of several
         slots (up to 0.075 in a probability on SmolLM2; alone, the same row every time and within 2e-4 of
-        in-process): native rows are asked one at a time unless --concurrency says otherwise."""
+        in-process): native rows are asked one at a time, runs one after another, unless --concurrency says
+        otherwise."""
         stepping = self.stepper()
         if stepping is not None and stepping.native_url is not None and not self.settings.concurrency_given:
             return 1
@@ -346,8 +347,12 @@ class OpenAIBackend:
     async def _produce(self, runs: Sequence[RunSpec], out: queue.Queue, handle: dict) -> None:
         handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()
         route, top = self._route()
-        gate = asyncio.Semaphore(self.settings.concurrency)
-        limiter = Limiter(self.in_flight())
+        most = self.in_flight()
+        stepping = self.stepper()
+        if stepping is not None and stepping.native_url is not None:
+            stepping.slot = 0 if most == 1 else None
+        gate = asyncio.Semaphore(most)  # runs in progress: with one request in flight, one run after another, so
+        limiter = Limiter(most)  # the server's prompt cache holds the run's own last prefix (the same schedule)
         async with self._client() as client:
             transport = self._transport(client, seed=runs[0].seed if runs else 0, limiter=limiter)
 

@@ -120,6 +120,7 @@ class Stepper:
         self.vocab = vocab
         self.top = top
         self.native_url = native_url  # llama.cpp's native /completion: rows of `top` entries at token-id prefixes
+        self.slot: int | None = None  # native: the server slot every request goes to (one request in flight)
         # the server takes a prompt of token ids (llama-server); None: untried
         self.token_prompts: bool | None = True if native_url else None
 
@@ -134,6 +135,8 @@ class Stepper:
         body = native.body([int(t) for t in tokens], n_probs or self.top, STEP_SEED,
                            self.backend.capabilities().sampling, eos=self.vocab.llm.token_eos())
         key = request_key(self.backend.settings.base_url, native.ROUTE, body)
+        if self.slot is not None:
+            body["id_slot"] = self.slot  # not in the key: the row is the same wherever it was computed
         record = self.backend.cache.get(key)
         if record is not None:
             ids, lps = native.read_row(record)
@@ -154,6 +157,17 @@ class Stepper:
             self.backend.cache.put(key, native.pack(ids, lps, self.vocab.n_vocab))
         keep = np.isfinite(lps)
         return dict(zip(ids[keep].tolist(), lps[keep].tolist())), float(np.exp(lps[keep]).sum())
+
+    async def _start_cold(self, transport: "Transport", tokens: list[int]) -> None:
+        """Leave the slot holding the prompt decoded in one batch from an empty cache, as the local backend starts
+        every run (deval.backends.local_batch: the prompt once, copied): the run's later requests then go through
+        the same batches in-process and on the server."""
+        from deval.backends import native
+
+        self.backend.requests += 1
+        await transport.post(self.native_url, native.body([int(t) for t in tokens], 1, STEP_SEED,
+                                                          self.backend.capabilities().sampling,
+                                                          eos=self.vocab.llm.token_eos(), slot=self.slot, cold=True))
 
     @property
     def _whole(self) -> bool:
@@ -339,6 +353,8 @@ class Stepper:
         vocab = self.vocab
         trie = vocab.item_trie(spec.task.matcher)
         context, tokens = vocab.prompt(spec)
+        if self.slot is not None:
+            await self._start_cold(transport, tokens)
         if spec.positions == "constrained":
             return await self._run_constrained(transport, spec, trie, context, tokens, rng)
         steps: list[Step] = []

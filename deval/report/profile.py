@@ -168,6 +168,8 @@ def render_profile(summary: dict, tasks: dict[str, Task], steps: list[Step] | No
     model = Path(model).name if str(model).endswith(".gguf") else model
     head = (f"backend [bold]{summary['backend']}[/] · model [bold]{escape(str(model))}[/] · temperature "
             f"{summary['temperature']:g} · runs {summary['runs']} · seed {summary['seed']}")
+    if summary.get("route"):
+        head += f" · route [bold]{escape(summary['route'])}[/]"
     filters = summary.get("filters") or {}
     active = {k: v for k, v in filters.items() if k != "order" and v is not None}
     if active:
