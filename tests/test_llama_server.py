@@ -99,3 +99,18 @@ def test_free_runs_on_the_native_route_are_exact_at_every_position(llama_server_
     b.close()
     assert steps and all(s.tail == 0.0 and s.missing == () for s in steps)
     assert not any("draw-below-top-k" in s.flags for s in steps)  # draws over the whole vocabulary
+
+
+def test_the_route_gives_the_same_numbers_whatever_the_preset_or_the_servers_cache(llama_server_url, tmp_path):
+    """Runs go one after another on one slot, each from its prompt decoded cold: the server's batches, and so its
+    rows, do not depend on what it computed before (here: the same runs again through the generic backend, with
+    the server's prompt cache warm)."""
+    runs = specs(n=3, steps=3, positions="free")
+    got = {}
+    for preset in ("llama-server", "openai"):
+        b = engine(llama_server_url, tmp_path / preset, preset=preset)
+        assert b.describe()["requests_in_flight"] == 1
+        got[preset] = sorted(b.measure(runs), key=lambda s: (s.run, s.step))
+        b.close()
+    assert [(s.probs, s.sampled, s.text) for s in got["llama-server"]] == \
+           [(s.probs, s.sampled, s.text) for s in got["openai"]]

@@ -161,6 +161,11 @@ def test_step_by_step_runs_take_the_whole_distribution_from_the_native_route(tmp
     sent = [json.loads(c.request.content) for c in wire.calls[probed:]]
     from deval.backends.stepper import LIGHT_TOP
 
+    # the run starts with its prompt decoded cold in the pinned slot, as the local backend starts every run
+    cold = [b for b in sent if b.get("cache_prompt") is False]
+    assert len(cold) == 1 and cold[0]["prompt"] == sent[0]["prompt"] and sent[0] is cold[0]
+    assert all(b["id_slot"] == 0 for b in sent)
+    sent = sent[1:]
     # a top-1000 row first; the whole vocabulary where a trie token is below it
     assert sent and all(b["n_probs"] in (LIGHT_TOP, size) and isinstance(b["prompt"], list) for b in sent)
     assert all(all(isinstance(t, int) for t in b["prompt"]) for b in sent)
@@ -225,15 +230,21 @@ def test_native_rows_are_asked_one_at_a_time_unless_concurrency_is_given(tmp_pat
         now[0] -= 1
         return answer(request)
 
-    respx.post(f"{ROOT}/completion").mock(side_effect=slow)
+    wire = respx.post(f"{ROOT}/completion").mock(side_effect=slow)
     engine = OpenAIBackend(model="m", preset="llama-server", base_url=URL, api_key_env="", tokenizer=gguf,
                            cache_dir=str(tmp_path / "cache"), retry_base=0.001, concurrency=given)
     task = TaskCatalog.load().get("extreme")
     specs = [RunSpec(task=task, run=r, seed=run_seed(0, task.name, r), mode="sequence", steps=2,
                      positions="constrained") for r in range(6)]
-    most[0] = 0  # after the probe
+    engine.capabilities()  # the probe first
+    most[0] = 0
+    probed = wire.call_count
     steps = list(engine.measure(specs))
+    sent = [json.loads(c.request.content) for c in wire.calls[probed:]]
     assert engine.describe()["requests_in_flight"] == (given or 1)
     engine.close()
     assert len(steps) == 12
     assert (most[0] == 1) if given is None else (most[0] > 1)
+    # one in flight: every request to slot 0, and each run (one after another) starts from its prompt decoded cold
+    assert all(b.get("id_slot") == (0 if given is None else None) for b in sent)
+    assert sum(b.get("cache_prompt") is False for b in sent) == (6 if given is None else 0)
