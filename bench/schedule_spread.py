@@ -32,7 +32,8 @@ def prefixes(task_name: str, count: int, tokens: int, seed: int) -> list[list[in
     rng = np.random.default_rng(seed)
     out = []
     try:
-        prompt = list(local.answer_tokens(RunSpec(task=task, run=0, seed=run_seed(seed, task.name, 0))))
+        spec = RunSpec(task=task, run=0, seed=run_seed(seed, task.name, 0), mode="sequence", steps=1)
+        prompt = list(local.answer_tokens(spec))
         eog = set(local.eog_tokens())
         for _ in range(count):
             seq = list(prompt)
