@@ -19,6 +19,7 @@ import numpy as np
 
 from deval.backends.http import Refused
 from deval.backends.logprobs import Token
+from deval.backends.native import start_cold
 from deval.backends.urls import redact
 from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
@@ -157,17 +158,6 @@ class Stepper:
             self.backend.cache.put(key, native.pack(ids, lps, self.vocab.n_vocab))
         keep = np.isfinite(lps)
         return dict(zip(ids[keep].tolist(), lps[keep].tolist())), float(np.exp(lps[keep]).sum())
-
-    async def _start_cold(self, transport: "Transport", tokens: list[int]) -> None:
-        """Leave the slot holding the prompt decoded in one batch from an empty cache, as the local backend starts
-        every run (deval.backends.local_batch: the prompt once, copied): the run's later requests then go through
-        the same batches in-process and on the server."""
-        from deval.backends import native
-
-        self.backend.requests += 1
-        await transport.post(self.native_url, native.body([int(t) for t in tokens], 1, STEP_SEED,
-                                                          self.backend.capabilities().sampling,
-                                                          eos=self.vocab.llm.token_eos(), slot=self.slot, cold=True))
 
     @property
     def _whole(self) -> bool:
@@ -353,8 +343,10 @@ class Stepper:
         vocab = self.vocab
         trie = vocab.item_trie(spec.task.matcher)
         context, tokens = vocab.prompt(spec)
-        if self.slot is not None:
-            await self._start_cold(transport, tokens)
+        if self.slot is not None:  # the prompt decoded cold in the pinned slot, as in-process (native.start_cold)
+            self.backend.requests += 1
+            await start_cold(transport, self.native_url, tokens, self.backend.capabilities().sampling,
+                             self.vocab.llm.token_eos(), self.slot)
         if spec.positions == "constrained":
             return await self._run_constrained(transport, spec, trie, context, tokens, rng)
         steps: list[Step] = []
