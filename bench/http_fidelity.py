@@ -40,7 +40,7 @@ def start_server(gguf: Path, flash_attn: str) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "llama_cpp_server_plain.py"), "--model", str(gguf),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-                             "--flash_attn", str(flash_attn == "on")],
+                             "--flash_attn", str(flash_attn == "on")],  # its own default is off
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):

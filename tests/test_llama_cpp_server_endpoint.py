@@ -162,7 +162,7 @@ def test_step_by_step_runs_walk_the_in_process_trajectory(server, tmp_path):
     assert b.describe()["route"] == "completions, step by step"
     http = sorted(b.measure(specs), key=lambda s: s.step)
     b.close()
-    local = LocalBackend(threads=1)
+    local = LocalBackend(threads=1, flash_attn="off")  # as llama-cpp-python's server by default
     try:
         exact = list(local.measure(specs))
     finally:

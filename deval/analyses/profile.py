@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclasses_replace
@@ -16,7 +17,7 @@ from deval.core.protocol import Backend, Filters, RunSpec, Step, run_seed
 from deval.backends.urls import redact
 from deval.analyses.result import MANIFEST_COMMANDS, Result, command_for  # noqa: F401  (command_for: public here)
 from deval.errors import ConfigError, DevalError, RunInterrupted
-from deval.runs.store import RunDir, default_run_dir, parse_config, stopped
+from deval.runs.store import MANIFEST, RunDir, default_run_dir, parse_config, stopped
 from deval.core.summary import MIN_POSITION_MASS, StepCollector, summarise_task, verdict
 from deval.core.tasks import Task, task_from_dict
 
@@ -117,7 +118,8 @@ def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
         run_dir.close()
         _record_transport(run_dir, before, _stats(backend))
     summary = summarise(config, run_dir.iter_completed_steps())  # streamed: no run is held in memory
-    route = backend.describe().get("route")  # HTTP backends: how P_token was read, and whether it is exact
+    # HTTP: how P_token was read, exact or bounded, as the run's manifest recorded it (a resume gives the same)
+    route = (json.loads((run_dir.path / MANIFEST).read_text(encoding="utf-8")).get("backend") or {}).get("route")
     if route:
         summary["route"] = route
     run_dir.write_summary(summary)

@@ -269,8 +269,9 @@ class OpenAIBackend:
         """Most requests in flight. llama-server computes a row differently when it batches requests of several
         slots (up to 0.075 in a probability on SmolLM2; alone, the same row every time and within 2e-4 of
         in-process): native rows are asked one at a time, runs one after another, unless --concurrency says
-        otherwise."""
-        stepping = self.stepper()
+        otherwise. Asks nothing of the server (stats() of a run with nothing left to measure): the stepper as
+        built by measure()."""
+        stepping = self._stepper
         if stepping is not None and stepping.native_url is not None and not self.settings.concurrency_given:
             return 1
         return self.settings.concurrency
