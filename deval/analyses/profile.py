@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclasses_replace
@@ -119,7 +118,7 @@ def run_profile(config: ProfileConfig, backend: Backend, run_dir: RunDir,
         _record_transport(run_dir, before, _stats(backend))
     summary = summarise(config, run_dir.iter_completed_steps())  # streamed: no run is held in memory
     # HTTP: how P_token was read, exact or bounded, as the run's manifest recorded it (a resume gives the same)
-    route = (json.loads((run_dir.path / MANIFEST).read_text(encoding="utf-8")).get("backend") or {}).get("route")
+    route = (read_json(run_dir.path / MANIFEST).get("backend") or {}).get("route")
     if route:
         summary["route"] = route
     run_dir.write_summary(summary)

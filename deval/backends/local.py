@@ -52,7 +52,7 @@ class LocalBackend:
 
     def __init__(self, model: str | None = None, gpu_layers: int | None = None, threads: int | None = None,
                  ctx: int | None = None, raw_prompt: bool = False, batch: int | None = None,
-                 flash_attn: bool | None = None):
+                 flash_attn: bool | str | None = None):
         path = check_model_file(Path(model)) if model else embedded_model_path()
         self.model = str(path)
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())

@@ -271,10 +271,8 @@ class OpenAIBackend:
         in-process): native rows are asked one at a time, runs one after another, unless --concurrency says
         otherwise. Asks nothing of the server (stats() of a run with nothing left to measure): the stepper as
         built by measure()."""
-        stepping = self._stepper
-        if stepping is not None and stepping.native_url is not None and not self.settings.concurrency_given:
-            return 1
-        return self.settings.concurrency
+        pinned = self._stepper is not None and self._stepper.slot is not None
+        return 1 if pinned else self.settings.concurrency
 
     def stepper(self):
         """The step-by-step driver where --tokenizer is given and the server continues raw prompts, else None."""
@@ -284,7 +282,8 @@ class OpenAIBackend:
         from deval.backends.stepper import Stepper, Vocab
 
         if caps.native:  # llama.cpp's native route: token-id prompts, rows up to the whole vocabulary
-            self._stepper = Stepper(self, Vocab(self.tokenizer), caps.native, completion_url(self.settings.base_url))
+            self._stepper = Stepper(self, Vocab(self.tokenizer), caps.native, completion_url(self.settings.base_url),
+                                    slot=None if self.settings.concurrency_given else 0)
             return self._stepper
         if not caps.top_logprobs.get("completions"):
             raise BackendError(f"--tokenizer drives runs step by step on the completions route, which gave no "
@@ -349,9 +348,6 @@ class OpenAIBackend:
         handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()
         route, top = self._route()
         most = self.in_flight()
-        stepping = self.stepper()
-        if stepping is not None and stepping.native_url is not None:
-            stepping.slot = 0 if most == 1 else None
         gate = asyncio.Semaphore(most)  # runs in progress: with one request in flight, one run after another, so
         limiter = Limiter(most)  # the server's prompt cache holds the run's own last prefix (the same schedule)
         async with self._client() as client:

@@ -116,12 +116,12 @@ def visible_row(token: Token, vocab: Vocab) -> tuple[dict[int, float], float]:
 class Stepper:
     """Drives one run at a time through a backend's cached fetch on the completions route."""
 
-    def __init__(self, backend, vocab: Vocab, top: int, native_url: str | None = None):
+    def __init__(self, backend, vocab: Vocab, top: int, native_url: str | None = None, slot: int | None = None):
         self.backend = backend
         self.vocab = vocab
         self.top = top
         self.native_url = native_url  # llama.cpp's native /completion: rows of `top` entries at token-id prefixes
-        self.slot: int | None = None  # native: the server slot every request goes to (one request in flight)
+        self.slot = slot  # native: the server slot every request goes to, one request in flight (None: --concurrency)
         # the server takes a prompt of token ids (llama-server); None: untried
         self.token_prompts: bool | None = True if native_url else None
 
