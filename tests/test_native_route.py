@@ -67,7 +67,7 @@ def test_an_end_of_text_draw_still_carries_the_distribution():
 @needs_model
 def test_the_gguf_tokenizer_gives_the_token_ids_llama_server_gives():
     from deval.backends.local import embedded_model_path
-    from deval.backends.stepper import Vocab
+    from deval.backends.vocab import Vocab
 
     record = load_fixture("llama-server/tokenize.json")
     vocab = Vocab(str(embedded_model_path()))
@@ -144,7 +144,7 @@ def test_step_by_step_runs_take_the_whole_distribution_from_the_native_route(tmp
     respx.post(f"{URL}/completions").mock(side_effect=fake_openai)
     engine = OpenAIBackend(model="m", preset=preset, base_url=URL, api_key_env="", tokenizer=gguf,
                            cache_dir=str(tmp_path / "cache"), retry_base=0.001)
-    from deval.backends.stepper import Vocab
+    from deval.backends.vocab import Vocab
 
     size = Vocab(gguf).n_vocab
     wire = respx.post(f"{ROOT}/completion").mock(side_effect=fake_native(size))
@@ -161,10 +161,13 @@ def test_step_by_step_runs_take_the_whole_distribution_from_the_native_route(tmp
     sent = [json.loads(c.request.content) for c in wire.calls[probed:]]
     from deval.backends.stepper import LIGHT_TOP
 
-    # the run starts with its prompt decoded cold in the pinned slot, as the local backend starts every run
+    # the run starts with its prompt decoded cold in the pinned slot, as the local backend starts every run, and
+    # that decode's whole row is the row at the prompt: it is not asked again (the server would re-decode the
+    # prompt's last token alone)
     cold = [b for b in sent if b.get("cache_prompt") is False]
-    assert len(cold) == 1 and cold[0]["prompt"] == sent[0]["prompt"] and sent[0] is cold[0]
+    assert len(cold) == 1 and sent[0] is cold[0] and cold[0]["n_probs"] == size
     assert all(b["id_slot"] == 0 for b in sent)
+    assert all(b["prompt"] != cold[0]["prompt"] for b in sent[1:])
     sent = sent[1:]
     # a top-1000 row first; the whole vocabulary where a trie token is below it
     assert sent and all(b["n_probs"] in (LIGHT_TOP, size) and isinstance(b["prompt"], list) for b in sent)
@@ -214,7 +217,7 @@ def test_native_rows_are_asked_one_at_a_time_unless_concurrency_is_given(tmp_pat
     import asyncio
 
     from deval.backends.local import embedded_model_path
-    from deval.backends.stepper import Vocab
+    from deval.backends.vocab import Vocab
 
     gguf = str(embedded_model_path())
     respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}))
@@ -245,6 +248,6 @@ def test_native_rows_are_asked_one_at_a_time_unless_concurrency_is_given(tmp_pat
     engine.close()
     assert len(steps) == 12
     assert (most[0] == 1) if given is None else (most[0] > 1)
-    # one in flight: every request to slot 0, and each run (one after another) starts from its prompt decoded cold
+    # one in flight: every request to slot 0, runs one after another from the task's prompt decoded cold once
     assert all(b.get("id_slot") == (0 if given is None else None) for b in sent)
-    assert sum(b.get("cache_prompt") is False for b in sent) == (6 if given is None else 0)
+    assert sum(b.get("cache_prompt") is False for b in sent) == (1 if given is None else 0)

@@ -54,13 +54,6 @@ def body(prompt, n_probs: int, seed: int, sampling: dict | None = None, eos: int
     return out
 
 
-async def start_cold(transport, url: str, tokens: list[int], sampling: dict, eos: int, slot: int) -> None:
-    """Leave the slot holding the prompt decoded in one batch from an empty cache, as the local backend starts every
-    run (deval.backends.local_batch: the prompt once, copied): a run's later requests then go through the same
-    batches in-process and on the server (llama-server's prompt cache decodes from the longest prefix it holds)."""
-    await transport.post(url, body([int(t) for t in tokens], 1, 0, sampling, eos=eos, slot=slot, cold=True))
-
-
 def read_row(data: dict) -> tuple[np.ndarray, np.ndarray]:
     """(token ids, logprobs) of the first position's top list; sentinels (about -3.4e38) read as -inf."""
     if not isinstance(data, dict):

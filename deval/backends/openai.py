@@ -211,10 +211,10 @@ class OpenAIBackend:
         body |= {k: v for k, v in (("top_k", f.top_k), ("top_p", f.top_p), ("min_p", f.min_p)) if v is not None}
         return body
 
-    async def _fetch(self, transport: Transport, route: str, body: dict, n: int) -> list[Choice]:
-        """Parsed choices for one request body: from the cache, else from the server (then cached)."""
+    async def _fetch(self, transport: Transport, route: str, body: dict, n: int, fresh: bool = False) -> list[Choice]:
+        """Parsed choices for one request body: from the cache, else (or where fresh) from the server (then cached)."""
         key = request_key(self.settings.base_url, route, body)
-        cached = self.cache.get(key)
+        cached = None if fresh else self.cache.get(key)
         if cached is not None:
             return parse_response(cached)
         parsed: list[Choice] = []
@@ -268,22 +268,23 @@ class OpenAIBackend:
     def in_flight(self) -> int:
         """Most requests in flight. llama-server computes a row differently when it batches requests of several
         slots (up to 0.075 in a probability on SmolLM2; alone, the same row every time and within 2e-4 of
-        in-process): native rows are asked one at a time, runs one after another, unless --concurrency says
-        otherwise. Asks nothing of the server (stats() of a run with nothing left to measure): the stepper as
+        in-process), and a server's prompt cache decodes each request from what it holds: step-by-step rows
+        (native and completions routes) are asked one at a time, runs one after another, unless --concurrency
+        says otherwise. Asks nothing of the server (stats() of a run with nothing left to measure): the stepper as
         built by measure()."""
-        pinned = self._stepper is not None and self._stepper.slot is not None
-        return 1 if pinned else self.settings.concurrency
+        return 1 if self._stepper is not None and self._stepper.sequential else self.settings.concurrency
 
     def stepper(self):
         """The step-by-step driver where --tokenizer is given and the server continues raw prompts, else None."""
         caps = self.capabilities()
         if self.tokenizer is None or self._stepper is not None:
             return self._stepper
-        from deval.backends.stepper import Stepper, Vocab
+        from deval.backends.stepper import Stepper
+        from deval.backends.vocab import Vocab
 
         if caps.native:  # llama.cpp's native route: token-id prompts, rows up to the whole vocabulary
             self._stepper = Stepper(self, Vocab(self.tokenizer), caps.native, completion_url(self.settings.base_url),
-                                    slot=None if self.settings.concurrency_given else 0)
+                                    sequential=not self.settings.concurrency_given)
             return self._stepper
         if not caps.top_logprobs.get("completions"):
             raise BackendError(f"--tokenizer drives runs step by step on the completions route, which gave no "
@@ -292,7 +293,7 @@ class OpenAIBackend:
         cap = caps.top_logprobs["completions"]
         top = cap if caps.full.get("completions") else min(cap, STEP_TOP)
         self._stepper = Stepper(self, Vocab(self.tokenizer), min(top, self.settings.top_logprobs)
-                                if self.settings.top_given else top)
+                                if self.settings.top_given else top, sequential=not self.settings.concurrency_given)
         return self._stepper
 
     async def _run(self, transport: Transport, spec: RunSpec, route: str, top: int) -> list[Step]:

@@ -19,8 +19,8 @@ import numpy as np
 
 from deval.backends.http import Refused
 from deval.backends.logprobs import Token
-from deval.backends.native import start_cold
 from deval.backends.urls import redact
+from deval.backends.vocab import Vocab
 from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
@@ -33,74 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 FULL_MASS = 0.999  # a visible top-k holding this much is taken as the whole distribution
 STEP_SEED = 0  # the distribution at a prefix does not depend on the seed: one cache key per prefix
 LIGHT_TOP = 4000  # native route: rows this long first, the whole vocabulary only where they cannot decide
-
-
-class Vocab:
-    """A GGUF's tokenizer, token pieces and chat template, loaded vocab-only (no weights)."""
-
-    def __init__(self, path: str):
-        from pathlib import Path
-
-        from deval.backends.local import LocalBackend, check_model_file, open_llama
-
-        import llama_cpp
-
-        self.llm = open_llama(check_model_file(Path(path)), vocab_only=True, verbose=False)
-        self.n_vocab = self.llm.n_vocab()
-        model_vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
-        self.eog = frozenset(i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(model_vocab, i))
-        self._pieces = [self.llm.detokenize([i]) for i in range(self.n_vocab)]
-        self._tries: dict = {}
-        self.raw_prompt = False
-        self._formatter = LocalBackend._chat_formatter(self)
-        self.by_text: dict[str, int] = {}
-        self.by_bytes: dict[bytes, int] = {}
-        shared: dict[str, list[int]] = {}
-        for i, piece in enumerate(self._pieces):
-            self.by_bytes.setdefault(piece, i)
-            shared.setdefault(piece.decode("utf-8", "replace"), []).append(i)
-        for text, ids in shared.items():  # a text several tokens spell (" " and the byte token <0x20>): the one
-            canonical = self.tokenize(text) if len(ids) > 1 else ids  # the tokenizer writes for it, as servers do
-            self.by_text[text] = canonical[0] if len(canonical) == 1 and canonical[0] in ids else ids[0]
-        # texts a text-keyed server (llama-cpp-python decodes each token with errors="ignore") gets from several
-        # tokens: b" \xe2" shows as " " too, and the last of them overwrites the value of " "
-        spelled: dict[str, int] = {}
-        for piece in self._pieces:
-            text = piece.decode("utf-8", "ignore")
-            spelled[text] = spelled.get(text, 0) + 1
-        self.ambiguous = frozenset(text for text, n in spelled.items() if n > 1)
-        self._item_trie = LocalBackend.item_trie
-        self._answer_tokens = LocalBackend.answer_tokens
-
-    def tokenize(self, text: str, special: bool = False) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
-
-    def item_trie(self, matcher):
-        return self._item_trie(self, matcher)
-
-    def piece(self, token: int) -> bytes:
-        return self._pieces[token]
-
-    def text(self, tokens) -> str:
-        return b"".join(self._pieces[t] for t in tokens).decode("utf-8", "replace")
-
-    def prompt(self, spec: RunSpec) -> tuple[str, list[int]]:
-        """The prompt as the local backend builds it (LocalBackend.answer_tokens: the chat template's assistant turn
-        opened and the task's cue prefilled; the completion-style prompt without a template), and its text."""
-        tokens = list(self._answer_tokens(self, spec))
-        if self._formatter is None:
-            return spec.completion, tokens
-        return self._formatter(messages=[{"role": "user", "content": spec.prompt}]).prompt + spec.task.cue, tokens
-
-    def token_id(self, key: str, raw: bytes) -> int | None:
-        if key.startswith("id:"):
-            return int(key[3:])
-        if key.startswith("b:"):
-            return self.by_bytes.get(raw)
-        return self.by_text.get(key[2:])
-
-    def close(self) -> None:
-        self.llm.close()
 
 
 def visible_row(token: Token, vocab: Vocab) -> tuple[dict[int, float], float]:
@@ -116,18 +48,23 @@ def visible_row(token: Token, vocab: Vocab) -> tuple[dict[int, float], float]:
 class Stepper:
     """Drives one run at a time through a backend's cached fetch on the completions route."""
 
-    def __init__(self, backend, vocab: Vocab, top: int, native_url: str | None = None, slot: int | None = None):
+    def __init__(self, backend, vocab: Vocab, top: int, native_url: str | None = None, sequential: bool = False):
         self.backend = backend
         self.vocab = vocab
         self.top = top
         self.native_url = native_url  # llama.cpp's native /completion: rows of `top` entries at token-id prefixes
-        self.slot = slot  # native: the server slot every request goes to, one request in flight (None: --concurrency)
+        # one request in flight, runs one after another (else --concurrency): the server's prompt cache then holds
+        # the run's own last prefix, as in-process; native: every request to slot 0
+        self.sequential = sequential
+        self.slot = 0 if sequential and native_url else None
         # the server takes a prompt of token ids (llama-server); None: untried
         self.token_prompts: bool | None = True if native_url else None
+        self._cold: list[int] | None = None  # the prompt the server holds decoded cold (in one batch)
 
-    async def _native_row(self, transport: "Transport", tokens: list[int],
-                          n_probs: int | None = None) -> tuple[dict[int, float], float]:
-        """The row at a token-id prefix from the native route (n_probs, else top), through the response cache."""
+    async def _native_row(self, transport: "Transport", tokens: list[int], n_probs: int | None = None,
+                          cold: bool = False) -> tuple[dict[int, float], float]:
+        """The row at a token-id prefix from the native route (n_probs, else top), through the response cache;
+        cold: decoded in one batch from an empty cache (asked even where the cache holds the row, and kept)."""
         from deval.backends import native
         from deval.backends.cache import request_key
         from deval.backends.http import Transient
@@ -136,9 +73,10 @@ class Stepper:
         body = native.body([int(t) for t in tokens], n_probs or self.top, STEP_SEED,
                            self.backend.capabilities().sampling, eos=self.vocab.llm.token_eos())
         key = request_key(self.backend.settings.base_url, native.ROUTE, body)
-        if self.slot is not None:
-            body["id_slot"] = self.slot  # not in the key: the row is the same wherever it was computed
-        record = self.backend.cache.get(key)
+        # not in the key: the row is the same whichever slot computed it; a cold row is the row at its prefix
+        body |= {"id_slot": self.slot} if self.slot is not None else {}
+        body |= {"cache_prompt": False} if cold else {}
+        record = None if cold else self.backend.cache.get(key)
         if record is not None:
             ids, lps = native.read_row(record)
         else:
@@ -155,7 +93,13 @@ class Stepper:
             self.backend.requests += 1
             await transport.post(self.native_url, body, check)
             ids, lps = got
-            self.backend.cache.put(key, native.pack(ids, lps, self.vocab.n_vocab))
+            record = native.pack(ids, lps, self.vocab.n_vocab)
+            self.backend.cache.put(key, record)
+            if cold and LIGHT_TOP < self.top:  # the whole row answers its light request too
+                self.backend.cache.put(request_key(self.backend.settings.base_url, native.ROUTE,
+                                                   native.body(body["prompt"], LIGHT_TOP, STEP_SEED,
+                                                               self.backend.capabilities().sampling,
+                                                               eos=self.vocab.llm.token_eos())), record)
         keep = np.isfinite(lps)
         return dict(zip(ids[keep].tolist(), lps[keep].tolist())), float(np.exp(lps[keep]).sum())
 
@@ -194,31 +138,41 @@ class Stepper:
                                                                              count=len(row))
         return logp
 
-    async def _ask(self, transport: "Transport", text: str, top: int, tokens: list[int] | None = None):
+    async def _cold_prompt(self, transport: "Transport", text: str, tokens: list[int], trie) -> None:
+        """The completions route's cold start (llama-cpp-python: one sequence, reused from the longest common
+        prefix): a one-token prompt that shares no token with the run's prompt empties the server's cache, then
+        the row at the prompt is asked past the response cache, so the server decodes the prompt in one batch."""
+        flush = next(t for t in range(self.vocab.n_vocab) if t not in tokens[:1] and self.vocab.text([t]).isalpha())
+        await self._ask(transport, self.vocab.text([flush]), 1, [flush], fresh=True)
+        await self._dist(transport, text, trie.children.get((), ()), tokens, fresh=True)
+
+    async def _ask(self, transport: "Transport", text: str, top: int, tokens: list[int] | None = None,
+                   fresh: bool = False):
         # min_tokens 1: an end-of-text draw would come back with no token and so no logprobs (llama-cpp-python);
         # it blocks the draw only, the logprobs stay the model's (checked against in-process values)
         body = {"model": self.backend.model, "prompt": text, "max_tokens": 1, "min_tokens": 1, "logprobs": top,
                 "temperature": 1.0, "seed": STEP_SEED} | dict(self.backend.capabilities().sampling)
         if tokens is not None and self.token_prompts is not False:  # token ids: exactly the path deval walked
             try:
-                choice = (await self.backend._fetch(transport, "completions", body | {"prompt": tokens}, 1))[0]
+                choice = (await self.backend._fetch(transport, "completions", body | {"prompt": tokens}, 1,
+                                                    fresh))[0]
                 self.token_prompts = True
                 return choice.tokens[0] if choice.tokens else None
             except (Refused, BackendError):
                 if self.token_prompts:
                     raise
                 self.token_prompts = False  # text only (llama-cpp-python): tokenization is the server's
-        choice = (await self.backend._fetch(transport, "completions", body, 1))[0]
+        choice = (await self.backend._fetch(transport, "completions", body, 1, fresh))[0]
         return choice.tokens[0] if choice.tokens else None
 
     async def _dist(self, transport: "Transport", text: str, wanted=(), tokens: list[int] | None = None,
-                    plain: bool = False) -> tuple[dict[int, float], float]:
+                    plain: bool = False, fresh: bool = False) -> tuple[dict[int, float], float]:
         """The visible T=1 row at a prefix. Text-keyed top-k (llama-cpp-python) keep, for a text several tokens
         spell, the value of the *last* (least likely) of them at the position of the first: where a wanted
         token's value is out of order it was overwritten, and is asked again with a top-k that ends at it."""
         if self.native_url is not None:  # ids, not text: nothing collapses
             return await self._native_dist(transport, tokens, wanted, plain)
-        token = await self._ask(transport, text, self.top, tokens)
+        token = await self._ask(transport, text, self.top, tokens, fresh)
         if token is None:
             return {}, 0.0
         seen, mass = visible_row(token, self.vocab)
@@ -231,7 +185,7 @@ class Stepper:
                 continue
             i = keys.index(key)
             if i + 1 < len(keys) and token.top[i + 1].logprob > token.top[i].logprob + 1e-9:
-                again = await self._ask(transport, text, i + 1, tokens)
+                again = await self._ask(transport, text, i + 1, tokens, fresh)
                 value = next((a.logprob for a in (again.top if again else ()) if a.key == key), None)
                 if value is not None and math.isfinite(value):
                     mass += math.exp(value) - math.exp(seen.get(tok, -math.inf))
@@ -343,10 +297,10 @@ class Stepper:
         vocab = self.vocab
         trie = vocab.item_trie(spec.task.matcher)
         context, tokens = vocab.prompt(spec)
-        if self.slot is not None:  # the prompt decoded cold in the pinned slot, as in-process (native.start_cold)
-            self.backend.requests += 1
-            await start_cold(transport, self.native_url, tokens, self.backend.capabilities().sampling,
-                             self.vocab.llm.token_eos(), self.slot)
+        if self.sequential and self._cold != tokens:  # the prompt decoded cold, once: its row is that decode's
+            await (self._native_row(transport, tokens, cold=True) if self.native_url else
+                   self._cold_prompt(transport, context, tokens, trie))
+            self._cold = tokens
         if spec.positions == "constrained":
             return await self._run_constrained(transport, spec, trie, context, tokens, rng)
         steps: list[Step] = []
