@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from deval.backends.local import LocalBackend, embedded_model_path, open_llama  # noqa: E402
 from deval.core.protocol import RunSpec, run_seed  # noqa: E402
+from deval.core.sampling import draw  # noqa: E402
 from deval.core.tasks import TaskCatalog  # noqa: E402
 
 
@@ -38,8 +39,7 @@ def prefixes(task_name: str, count: int, tokens: int, seed: int) -> list[list[in
         for _ in range(count):
             seq = list(prompt)
             for _ in range(int(rng.integers(1, tokens + 1))):
-                p = np.exp(local.next_logprobs(seq))
-                tok = int(rng.choice(len(p), p=p / p.sum()))
+                tok = draw(local.next_logprobs(seq), rng)  # deval's own draw (core.sampling), as a run's
                 if tok in eog:
                     break
                 seq.append(tok)

@@ -47,6 +47,21 @@ def test_a_recorded_full_vocabulary_answer_trimmed_reads_and_packs_losslessly():
     assert np.array_equal(back[0], ids[order]) and np.array_equal(back[1], lps[order])
 
 
+@pytest.mark.parametrize("name", ["native", "native-full-trimmed", "native-eos"])
+def test_the_lean_reading_of_a_recorded_answer_is_the_json_reading(name):
+    response = load_fixture(f"llama-server/{name}.json")["response"]
+    raw = json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode()  # as llama-server writes it
+    lean = native.parse(raw)
+    assert (native.LEAN in lean) == (len(response["completion_probabilities"]) == 1)  # one position: read lean
+    for got, want in zip(native.read_row(lean), native.read_row(json.loads(raw))):
+        assert np.array_equal(got, want)
+    # another entry shape (a field after logprob) is read by json.loads, with the same row
+    other = raw.replace(b'"logprob":', b'"x":0,"logprob":').replace(b'}', b',"y":1}')
+    assert native.LEAN not in native.parse(other)
+    for got, want in zip(native.read_row(native.parse(other)), native.read_row(json.loads(raw))):
+        assert np.array_equal(got, want)
+
+
 def test_a_whole_row_packs_without_ids():
     rng = np.random.default_rng(3)
     lps = np.log(rng.dirichlet(np.ones(300))).astype(np.float32).astype(np.float64)
@@ -116,6 +131,10 @@ def fake_native(vocab: int):
     def answer(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         row = _row(body["prompt"], vocab)
+        if body.get("return_tokens"):  # the server's own draw, banned tokens left out (its likeliest other one)
+            banned = [i for i, allowed in body.get("logit_bias", []) if allowed is False]
+            row[banned] = -np.inf
+            return httpx.Response(200, json={"content": "?", "tokens": [int(np.argmax(row))]})
         k = min(int(body["n_probs"]), vocab)
         order = np.argsort(-row, kind="stable")[:k]
         top = [{"id": int(i), "token": "?", "bytes": [63], "logprob": float(row[i])} for i in order]
@@ -251,3 +270,36 @@ def test_native_rows_are_asked_one_at_a_time_unless_concurrency_is_given(tmp_pat
     # one in flight: every request to slot 0, runs one after another from the task's prompt decoded cold once
     assert all(b.get("id_slot") == (0 if given is None else None) for b in sent)
     assert sum(b.get("cache_prompt") is False for b in sent) == (1 if given is None else 0)
+
+
+@needs_model
+@respx.mock
+def test_a_draw_past_a_top_k_row_is_made_by_the_server_among_the_other_tokens(tmp_path):
+    """On a top-k route a draw that falls past the visible mass is not the last visible token (a bias toward it):
+    the server draws with the visible tokens banned, a draw from the rest of the row."""
+    from deval.backends.local import embedded_model_path
+    from deval.backends.vocab import Vocab
+
+    gguf = str(embedded_model_path())
+    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}))
+    respx.post(f"{URL}/chat/completions").mock(side_effect=fake_openai)
+    respx.post(f"{URL}/completions").mock(side_effect=fake_openai)
+    size = Vocab(gguf).n_vocab
+    wire = respx.post(f"{ROOT}/completion").mock(side_effect=fake_native(size))
+    engine = OpenAIBackend(model="m", preset="llama-server", base_url=URL, api_key_env="", tokenizer=gguf,
+                           cache_dir=str(tmp_path / "cache"), retry_base=0.001, top_logprobs=20)
+    engine.capabilities()
+    assert engine.describe()["route"] == "native /completion (top 20, bounded)"
+    probed = wire.call_count
+    task = TaskCatalog.load().get("extreme")
+    specs = [RunSpec(task=task, run=r, seed=run_seed(0, task.name, r), mode="sequence", steps=3) for r in range(3)]
+    steps = list(engine.measure(specs))
+    engine.close()
+    sent = [json.loads(c.request.content) for c in wire.calls[probed:]]
+    tail = [b for b in sent if b.get("return_tokens")]
+    assert tail  # the fake rows hold about half their mass outside the top 20
+    for b in tail:
+        banned = [i for i, allowed in b["logit_bias"] if allowed is False]
+        assert sorted(banned) == sorted(np.argsort(-_row(b["prompt"], size), kind="stable")[:20].tolist())
+    flags = {f for s in steps for f in s.flags}
+    assert "server-tail-draw" in flags and "draw-below-top-k" not in flags

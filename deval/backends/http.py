@@ -171,9 +171,10 @@ class Transport:
         self.retries = 0
         self.timeouts = 0
 
-    async def post(self, route: str, body: dict,
-                   check: Callable[[dict], None] = lambda data: None) -> tuple[dict, bytes]:
-        """The parsed JSON answer to POST route and its raw bytes; check(data) may raise Transient to ask again.
+    async def post(self, route: str, body: dict, check: Callable[[dict], None] = lambda data: None,
+                   parse: Callable[[bytes], dict] = json.loads) -> tuple[dict, bytes]:
+        """The parsed JSON answer to POST route and its raw bytes; check(data) may raise Transient to ask again;
+        parse reads the body (a route may read a large answer lean: deval.backends.native.parse).
 
         The budget counts attempts and backoff, not the wait for a free slot under the limiter."""
         start = self.clock()
@@ -188,7 +189,7 @@ class Transport:
                 left = self.policy.budget_s - (self.clock() - start - queued)
                 overload = None
                 try:
-                    result = await self._once(route, body, check, left)
+                    result = await self._once(route, body, check, left, parse)
                     overload = False
                     return result
                 except Transient as exc:
@@ -232,8 +233,8 @@ class Transport:
         return httpx.Timeout(connect=cut(base.connect), read=cut(base.read), write=cut(base.write),
                              pool=cut(base.pool))
 
-    async def _once(self, route: str, body: dict, check: Callable[[dict], None],
-                    left: float = math.inf) -> tuple[dict, bytes]:
+    async def _once(self, route: str, body: dict, check: Callable[[dict], None], left: float = math.inf,
+                    parse: Callable[[bytes], dict] = json.loads) -> tuple[dict, bytes]:
         try:
             if math.isfinite(left):
                 response = await self.client.post(route, json=body, timeout=self._timeout(left))
@@ -261,7 +262,7 @@ class Transport:
         if status >= 400:
             raise refusal(response, route, self.api_key_env)
         try:
-            data = json.loads(response.content)
+            data = parse(response.content)
         except (json.JSONDecodeError, UnicodeDecodeError):
             if _is_html(response):
                 raise NotAnAPI(f"{self._where(route)} answered an HTML page, not JSON: this is not an "

@@ -60,6 +60,7 @@ class Stepper:
         # the server takes a prompt of token ids (llama-server); None: untried
         self.token_prompts: bool | None = True if native_url else None
         self._cold: list[int] | None = None  # the prompt the server holds decoded cold (in one batch)
+        self.tail_draws: bool | None = None  # the server draws with visible tokens banned (None: untried)
 
     async def _native_row(self, transport: "Transport", tokens: list[int], n_probs: int | None = None,
                           cold: bool = False) -> tuple[dict[int, float], float]:
@@ -91,7 +92,7 @@ class Stepper:
                     raise Transient(f"unusable native answer: {exc}") from None
 
             self.backend.requests += 1
-            await transport.post(self.native_url, body, check)
+            await transport.post(self.native_url, body, check, native.parse)
             ids, lps = got
             record = native.pack(ids, lps, self.vocab.n_vocab)
             self.backend.cache.put(key, record)
@@ -261,8 +262,43 @@ class Stepper:
         u = rng.random()  # scaled by the whole distribution's mass (1), as the local draw
         j = int(np.searchsorted(cdf, u, side="right"))
         if j >= len(ids):  # the local draw would take a token below the top-k: the walk leaves its trajectory
+            plain = spec.temperature == 1.0 and not spec.filters.active
+            tok = await self._tail_draw(transport, text, tokens, ids, int(rng.integers(2**31))) if plain else None
+            if tok is not None:
+                flags.add("server-tail-draw")
+                return tok
             flags.add("draw-below-top-k")
         return int(ids[order[min(j, len(ids) - 1)]])
+
+    async def _tail_draw(self, transport: "Transport", text: str, tokens: list[int], seen, seed: int) -> int | None:
+        """The server's own draw with the visible tokens banned (logit bias): where deval's draw fell past the
+        top-k's mass, a draw from the rest of the row in proportion, so the walk stays a draw from the whole
+        distribution (not the in-process trajectory). None where the server refuses the bias."""
+        if self.tail_draws is False:
+            return None
+        sampling = self.backend.capabilities().sampling
+        try:
+            if self.native_url is not None:
+                from deval.backends import native
+
+                body = native.body([int(t) for t in tokens], 1, seed, sampling) | {
+                    "logit_bias": [[int(i), False] for i in seen], "return_tokens": True}
+                data, _ = await transport.post(self.native_url, body)
+                self.tail_draws = True
+                return native.drawn(data, self.vocab.llm.token_eos())
+            body = {"model": self.backend.model, "prompt": tokens if self.token_prompts else text, "max_tokens": 1,
+                    "logprobs": 1, "temperature": 1.0, "seed": seed,
+                    "logit_bias": {str(int(i)): -100 for i in seen}} | dict(sampling)
+            choice = (await self.backend._fetch(transport, "completions", body, 1))[0]
+        except (Refused, BackendError):
+            if self.tail_draws:
+                raise
+            self.tail_draws = False
+            return None
+        self.tail_draws = True
+        if not choice.tokens:
+            return self.vocab.llm.token_eos()
+        return self.vocab.token_id(choice.tokens[0].key, choice.tokens[0].raw)
 
     async def _generate(self, transport: "Transport", spec: RunSpec, context: str, tokens: list[int],
                         rng: np.random.Generator):
