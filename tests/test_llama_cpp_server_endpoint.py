@@ -18,7 +18,6 @@ import pytest
 
 from conftest import run_cli
 from deval.backends.openai import OpenAIBackend
-from deval.errors import BackendError
 from deval.backends.sampler_check import FLAG
 from deval.core.protocol import RunSpec, run_seed
 from deval.core.tasks import TaskCatalog
@@ -64,6 +63,16 @@ def stop(proc):
 
 @pytest.fixture(scope="module")
 def server():
+    proc, url = start()
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture()
+def own_server():
+    """A server of the test's own: one left computing abandoned requests (timeouts) would hold up the next test."""
     proc, url = start()
     try:
         yield url
@@ -126,7 +135,8 @@ def test_n_is_split_into_requests_the_server_honours(server, tmp_path):
     assert [s.step for s in steps] == [0, 1, 2] and b.n_limit == 1 and b.retries == 0
 
 
-def test_timeouts_lower_the_concurrency_and_the_budget_holds(server, tmp_path):
+def test_timeouts_lower_the_concurrency_and_the_budget_holds(own_server, tmp_path):
+    server = own_server
     probe = engine(server, tmp_path, preset="llama-cpp-python", no_probe=True, no_cache=True, top_logprobs=20)
     start_t = time.monotonic()
     list(probe.measure(runs(task="extreme", n=1, steps=3)))
