@@ -46,7 +46,7 @@ def visible_row(token: Token, vocab: Vocab) -> tuple[dict[int, float], float]:
 
 
 class Stepper:
-    """Drives one run at a time through a backend's cached fetch on the completions route."""
+    """Drives runs step by step through a backend's cached fetch on the completions or native route."""
 
     def __init__(self, backend, vocab: Vocab, top: int, native_url: str | None = None, sequential: bool = False):
         self.backend = backend
@@ -62,18 +62,24 @@ class Stepper:
         self._cold: list[int] | None = None  # the prompt the server holds decoded cold (in one batch)
         self.tail_draws: bool | None = None  # the server draws with visible tokens banned (None: untried)
 
+    def _native_request(self, tokens: list[int], n_probs: int) -> tuple[dict, str]:
+        """The native body asking the row of n_probs entries at a token-id prefix, and its response-cache key."""
+        from deval.backends import native
+        from deval.backends.cache import request_key
+
+        body = native.body([int(t) for t in tokens], n_probs, STEP_SEED, self.backend.capabilities().sampling,
+                           eos=self.vocab.llm.token_eos())
+        return body, request_key(self.backend.settings.base_url, native.ROUTE, body)
+
     async def _native_row(self, transport: "Transport", tokens: list[int], n_probs: int | None = None,
                           cold: bool = False) -> tuple[dict[int, float], float]:
         """The row at a token-id prefix from the native route (n_probs, else top), through the response cache;
         cold: decoded in one batch from an empty cache (asked even where the cache holds the row, and kept)."""
         from deval.backends import native
-        from deval.backends.cache import request_key
         from deval.backends.http import Transient
         from deval.backends.logprobs import Malformed, NoLogprobs
 
-        body = native.body([int(t) for t in tokens], n_probs or self.top, STEP_SEED,
-                           self.backend.capabilities().sampling, eos=self.vocab.llm.token_eos())
-        key = request_key(self.backend.settings.base_url, native.ROUTE, body)
+        body, key = self._native_request(tokens, n_probs or self.top)
         # not in the key: the row is the same whichever slot computed it; a cold row is the row at its prefix
         body |= {"id_slot": self.slot} if self.slot is not None else {}
         body |= {"cache_prompt": False} if cold else {}
@@ -97,10 +103,7 @@ class Stepper:
             record = native.pack(ids, lps, self.vocab.n_vocab)
             self.backend.cache.put(key, record)
             if cold and LIGHT_TOP < self.top:  # the whole row answers its light request too
-                self.backend.cache.put(request_key(self.backend.settings.base_url, native.ROUTE,
-                                                   native.body(body["prompt"], LIGHT_TOP, STEP_SEED,
-                                                               self.backend.capabilities().sampling,
-                                                               eos=self.vocab.llm.token_eos())), record)
+                self.backend.cache.put(self._native_request(tokens, LIGHT_TOP)[1], record)
         keep = np.isfinite(lps)
         return dict(zip(ids[keep].tolist(), lps[keep].tolist())), float(np.exp(lps[keep]).sum())
 
@@ -283,6 +286,7 @@ class Stepper:
 
                 body = native.body([int(t) for t in tokens], 1, seed, sampling) | {
                     "logit_bias": [[int(i), False] for i in seen], "return_tokens": True}
+                self.backend.requests += 1
                 data, _ = await transport.post(self.native_url, body)
                 self.tail_draws = True
                 return native.drawn(data, self.vocab.llm.token_eos())
