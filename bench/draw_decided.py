@@ -1,10 +1,12 @@
 """Benchmark (not a test): how often a top-k row decides deval's draw, along the embedded model's own runs.
 
-Over HTTP a step-by-step run asks a top-k row first and the whole vocabulary only where the top k cannot decide
+Over HTTP a step-by-step run on a server whose draw is not deval's (it failed the check in
+deval.backends.native_route) asks a top-k row first and the whole vocabulary only where the top k cannot decide
 the draw (deval.backends.native.decided_draw: the local inverse CDF in token-id order, with the unseen mass
-placed anywhere). Walks runs of each task in-process (seeded as profile runs, flash attention on, float32
+placed anywhere). A server that passes the check draws itself, with the draw's seed. Walks runs of each task in-process (seeded as profile runs, flash attention on, float32
 log-softmax as llama-server computes it) and prints, per k, the share of draws left undecided and the mean mass
-outside the top k (issue 11: why whole-vocabulary rows, 4.7 MB each, are needed for about a quarter of draws).
+outside the top k (issue 11: why whole-vocabulary rows, 4.7 MB each, would be needed for about a quarter of
+draws).
 
     python bench/draw_decided.py [--task flat --task extreme] [--runs 8] [--tokens 60]
 """
@@ -24,7 +26,7 @@ from deval.backends import native  # noqa: E402
 from deval.backends.local import embedded_model_path, open_llama  # noqa: E402
 from deval.backends.vocab import Vocab  # noqa: E402
 from deval.core.protocol import RunSpec, run_seed  # noqa: E402
-from deval.core.sampling import draw_at  # noqa: E402
+from deval.core.sampling import draw_at, draw_seed, seed_uniform  # noqa: E402
 from deval.core.tasks import TaskCatalog  # noqa: E402
 
 KS = (1000, 4000, 8000, 16000, 32000)
@@ -53,7 +55,7 @@ def main() -> None:
                 e = np.exp(logits - logits.max())
                 logp = np.log(e / e.sum(dtype=np.float32)).astype(np.float64)  # as the server's float32 softmax
                 order = np.argsort(-logp, kind="stable")
-                u = rng.random()
+                u = seed_uniform(draw_seed(rng))
                 rows += 1
                 for k in KS:
                     outside[k] += 1.0 - float(np.exp(logp[order[:k]]).sum())

@@ -93,12 +93,27 @@ def test_a_top_20_route_is_bounded_not_exact(llama_server_url, tmp_path):
     assert steps and all((s.tail > 0.0) == bool(s.missing or "trie-tokens-below-top-k" in s.flags) for s in steps)
 
 
-def test_free_runs_on_the_native_route_are_exact_at_every_position(llama_server_url, tmp_path):
+def test_free_runs_on_the_native_route_are_exact_and_drawn_by_the_server_as_in_process(llama_server_url, tmp_path):
+    """llama.cpp's dist sampler is deval's draw: the server, given each draw's seed, walks the runs the local
+    backend walks in-process (two ggml builds: a draw near a boundary may part them, so one run of two must)."""
+    from deval.backends.local import LocalBackend
+
+    runs = specs(n=2, steps=3, positions="free")
     b = engine(llama_server_url, tmp_path)
-    steps = list(b.measure(specs(n=2, steps=3, positions="free")))
+    steps = sorted(b.measure(runs), key=lambda s: (s.run, s.step))
+    checked = b.stepper().native.server_draws
     b.close()
     assert steps and all(s.tail == 0.0 and s.missing == () for s in steps)
     assert not any("draw-below-top-k" in s.flags for s in steps)  # draws over the whole vocabulary
+    assert checked is True  # the server's draw passed the check: it made the draws
+    local = LocalBackend(threads=1)
+    try:
+        exact = sorted(local.measure(runs), key=lambda s: (s.run, s.step))
+    finally:
+        local.close()
+    same = [[(s.sampled, s.text) for s in steps if s.run == r] == [(s.sampled, s.text) for s in exact if s.run == r]
+            for r in range(2)]
+    assert any(same), [(s.run, s.text) for s in steps] + [(s.run, s.text) for s in exact]
 
 
 def test_the_route_gives_the_same_numbers_whatever_the_preset_or_the_servers_cache(llama_server_url, tmp_path):

@@ -14,7 +14,9 @@ from conftest import load_fixture, needs_model
 from deval.backends import native
 from deval.backends.openai import OpenAIBackend
 from deval.backends.probe import SEARCH_LIMIT
+from deval.core.answers import answer_budget
 from deval.core.protocol import RunSpec, run_seed
+from deval.core.sampling import draw_at, draw_seed, seed_uniform
 from deval.core.tasks import TaskCatalog
 
 URL = "http://10.0.0.7:8080/v1"
@@ -127,14 +129,20 @@ def _row(prompt, vocab: int) -> np.ndarray:
     return logits - np.logaddexp.reduce(logits)
 
 
-def fake_native(vocab: int):
+def fake_native(vocab: int, sorted_draws: bool = False):
     def answer(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         row = _row(body["prompt"], vocab)
-        if body.get("return_tokens"):  # the server's own draw, banned tokens left out (its likeliest other one)
+        if body.get("return_tokens"):  # the server's own draw
             banned = [i for i, allowed in body.get("logit_bias", []) if allowed is False]
-            row[banned] = -np.inf
-            return httpx.Response(200, json={"content": "?", "tokens": [int(np.argmax(row))]})
+            if banned:  # banned tokens left out (its likeliest other one)
+                row[banned] = -np.inf
+                return httpx.Response(200, json={"content": "?", "tokens": [int(np.argmax(row))]})
+            # llama.cpp's dist sampler: inverse CDF in id order (sorted: an older build's, likeliest first)
+            u = seed_uniform(body["seed"])
+            order = np.argsort(-row, kind="stable") if sorted_draws else np.arange(vocab)
+            token = int(order[draw_at(row[order], u)])
+            return httpx.Response(200, json={"content": "?", "tokens": [token]})
         k = min(int(body["n_probs"]), vocab)
         order = np.argsort(-row, kind="stable")[:k]
         top = [{"id": int(i), "token": "?", "bytes": [63], "logprob": float(row[i])} for i in order]
@@ -178,7 +186,7 @@ def test_step_by_step_runs_take_the_whole_distribution_from_the_native_route(tmp
     steps = list(engine.measure([spec]))
     engine.close()
     sent = [json.loads(c.request.content) for c in wire.calls[probed:]]
-    from deval.backends.stepper import LIGHT_TOP
+    from deval.backends.native_route import LIGHT_TOP
 
     # the run starts with its prompt decoded cold in the pinned slot, as the local backend starts every run, and
     # that decode's whole row is the row at the prompt: it is not asked again (the server would re-decode the
@@ -220,7 +228,7 @@ def test_a_draw_decided_from_the_top_k_is_the_draw_over_the_whole_row():
         k = int(rng.choice([5, 50, 500]))
         top = np.argsort(-logp)[:k]
         seen = {int(i): float(logp[i]) for i in top}
-        u = float(np.random.default_rng(trial).random())
+        u = seed_uniform(draw_seed(np.random.default_rng(trial)))
         got = native.decided_draw(seen, u, vocab)
         if got is not None:
             decided += 1
@@ -303,3 +311,55 @@ def test_a_draw_past_a_top_k_row_is_made_by_the_server_among_the_other_tokens(tm
         assert sorted(banned) == sorted(np.argsort(-_row(b["prompt"], size), kind="stable")[:20].tolist())
     flags = {f for s in steps for f in s.flags}
     assert "server-tail-draw" in flags and "draw-below-top-k" not in flags
+
+
+@needs_model
+@respx.mock
+@pytest.mark.parametrize("sorted_draws", [False, True])
+def test_free_draws_are_the_servers_where_its_draw_is_devals_and_the_trajectory_is_the_same(tmp_path, sorted_draws):
+    """llama.cpp's dist sampler is deval's draw: after a check on a whole row, a free draw is one request with the
+    draw's seed and no probabilities; a server whose draw is another (an older build's, likeliest first) fails the
+    check and gets deval's draws from rows. Both walk the same trajectory: deval's draw over the whole rows."""
+    from deval.backends.local import embedded_model_path
+    from deval.backends.vocab import Vocab
+
+    gguf = str(embedded_model_path())
+    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}))
+    respx.post(f"{URL}/chat/completions").mock(side_effect=fake_openai)
+    respx.post(f"{URL}/completions").mock(side_effect=fake_openai)
+    size = Vocab(gguf).n_vocab
+    wire = respx.post(f"{ROOT}/completion").mock(side_effect=fake_native(size, sorted_draws))
+    engine = OpenAIBackend(model="m", preset="llama-server", base_url=URL, api_key_env="", tokenizer=gguf,
+                           cache_dir=str(tmp_path / "cache"), retry_base=0.001)
+    engine.capabilities()
+    probed = wire.call_count
+    task = TaskCatalog.load().get("extreme")
+    specs = [RunSpec(task=task, run=r, seed=run_seed(0, task.name, r), mode="sequence", steps=1) for r in range(2)]
+    steps = list(engine.measure(specs))
+    stepper = engine.stepper()
+    engine.close()
+    sent = [json.loads(c.request.content) for c in wire.calls[probed:]]
+    draws = [b for b in sent if b.get("return_tokens") and b["n_probs"] == 0]
+    assert stepper.native.server_draws is (not sorted_draws)
+    whole = [b for b in sent if b["n_probs"] == size]
+    if sorted_draws:  # the check failed on its first seed: then rows, light where they decide the draw
+        assert len(draws) == 1 and len(whole) > 1
+    else:  # whole rows for the cold prompt and the check: every later draw is the server's
+        assert len({b["seed"] for b in draws}) > 8 and len(whole) <= 3
+    # the trajectory: deval's draw over the fake rows, token by token, as the local backend walks it; each run
+    # asked (a row or a draw) at every prefix of its walk
+    vocab = Vocab(gguf)
+    vocab_prompt, walks = vocab.prompt(specs[0])[1], []
+    for spec in specs:
+        rng, (_, tokens) = np.random.default_rng(spec.seed), vocab.prompt(spec)
+        for _ in range(answer_budget(task.items, spec.limit)):
+            token = draw_at(_row(tokens, size), seed_uniform(draw_seed(rng)))
+            if token in vocab.eog:
+                break
+            tokens = tokens + [token]
+        walks.append(tokens)
+    vocab.close()
+    asked = [b["prompt"] for b in sent]
+    start = len(vocab_prompt)
+    assert all(all(walk[:i] in asked for i in range(start + 1, len(walk))) for walk in walks)
+    assert len(steps) == 2

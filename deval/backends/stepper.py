@@ -24,15 +24,14 @@ from deval.backends.vocab import Vocab
 from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
-from deval.core.sampling import draw, draw_at, sampling_logprobs
+from deval.backends.native_route import STEP_SEED, NativeRoute, full_row
+from deval.core.sampling import draw, draw_seed, sampling_logprobs, seed_uniform
 from deval.core.trie import chain_rule, item_logprobs
 
 if TYPE_CHECKING:  # pragma: no cover
     from deval.backends.http import Transport  # noqa: F811
 
 FULL_MASS = 0.999  # a visible top-k holding this much is taken as the whole distribution
-STEP_SEED = 0  # the distribution at a prefix does not depend on the seed: one cache key per prefix
-LIGHT_TOP = 4000  # native route: rows this long first, the whole vocabulary only where they cannot decide
 
 
 def visible_row(token: Token, vocab: Vocab) -> tuple[dict[int, float], float]:
@@ -52,95 +51,16 @@ class Stepper:
         self.backend = backend
         self.vocab = vocab
         self.top = top
-        self.native_url = native_url  # llama.cpp's native /completion: rows of `top` entries at token-id prefixes
+        self.native_url = native_url
         # one request in flight, runs one after another (else --concurrency): the server's prompt cache then holds
         # the run's own last prefix, as in-process; native: every request to slot 0
         self.sequential = sequential
-        self.slot = 0 if sequential and native_url else None
+        # llama.cpp's native /completion: rows of `top` entries and draws at token-id prefixes
+        self.native = NativeRoute(backend, vocab, top, native_url, 0 if sequential else None) if native_url else None
         # the server takes a prompt of token ids (llama-server); None: untried
         self.token_prompts: bool | None = True if native_url else None
         self._cold: list[int] | None = None  # the prompt the server holds decoded cold (in one batch)
         self.tail_draws: bool | None = None  # the server draws with visible tokens banned (None: untried)
-
-    def _native_request(self, tokens: list[int], n_probs: int) -> tuple[dict, str]:
-        """The native body asking the row of n_probs entries at a token-id prefix, and its response-cache key."""
-        from deval.backends import native
-        from deval.backends.cache import request_key
-
-        body = native.body([int(t) for t in tokens], n_probs, STEP_SEED, self.backend.capabilities().sampling,
-                           eos=self.vocab.llm.token_eos())
-        return body, request_key(self.backend.settings.base_url, native.ROUTE, body)
-
-    async def _native_row(self, transport: "Transport", tokens: list[int], n_probs: int | None = None,
-                          cold: bool = False) -> tuple[dict[int, float], float]:
-        """The row at a token-id prefix from the native route (n_probs, else top), through the response cache;
-        cold: decoded in one batch from an empty cache (asked even where the cache holds the row, and kept)."""
-        from deval.backends import native
-        from deval.backends.http import Transient
-        from deval.backends.logprobs import Malformed, NoLogprobs
-
-        body, key = self._native_request(tokens, n_probs or self.top)
-        # not in the key: the row is the same whichever slot computed it; a cold row is the row at its prefix
-        body |= {"id_slot": self.slot} if self.slot is not None else {}
-        body |= {"cache_prompt": False} if cold else {}
-        record = None if cold else self.backend.cache.get(key)
-        if record is not None:
-            ids, lps = native.read_row(record)
-        else:
-            got: list = []
-
-            def check(data: dict) -> None:
-                try:
-                    got[:] = native.read_row(data)
-                except NoLogprobs as exc:  # the same prefix gets the same answer: asking again cannot help
-                    raise BackendError(f"{redact(self.native_url)}: no probabilities at a prefix ({exc})") from None
-                except Malformed as exc:
-                    raise Transient(f"unusable native answer: {exc}") from None
-
-            self.backend.requests += 1
-            await transport.post(self.native_url, body, check, native.parse)
-            ids, lps = got
-            record = native.pack(ids, lps, self.vocab.n_vocab)
-            self.backend.cache.put(key, record)
-            if cold and LIGHT_TOP < self.top:  # the whole row answers its light request too
-                self.backend.cache.put(self._native_request(tokens, LIGHT_TOP)[1], record)
-        keep = np.isfinite(lps)
-        return dict(zip(ids[keep].tolist(), lps[keep].tolist())), float(np.exp(lps[keep]).sum())
-
-    @property
-    def _whole(self) -> bool:
-        """The native route gives the whole vocabulary (else its rows are a top-k like any other)."""
-        return self.native_url is not None and self.top >= self.vocab.n_vocab
-
-    async def _native_dist(self, transport: "Transport", tokens: list[int], wanted, plain: bool):
-        """At T=1 without filters only the trie tokens' values count: a LIGHT_TOP row holding them all is exact;
-        else (a trie token below it, another temperature, filters) the whole vocabulary."""
-        if plain and self._whole and wanted is not None and LIGHT_TOP < self.top:
-            seen, mass = await self._native_row(transport, tokens, LIGHT_TOP)
-            if all(t in seen for t in wanted):
-                return seen, mass
-        return await self._native_row(transport, tokens)
-
-    async def _native_draw(self, transport: "Transport", tokens: list[int], rng: np.random.Generator) -> int:
-        """core.sampling.draw over the whole row, decided from a LIGHT_TOP row where every placement of the unseen
-        mass (at most (V - k) times the k-th probability) gives the same token; else from the whole row."""
-        from deval.backends import native
-
-        u = rng.random()
-        if LIGHT_TOP < self.top:
-            seen, _ = await self._native_row(transport, tokens, LIGHT_TOP)
-            tok = native.decided_draw(seen, u, self.vocab.n_vocab)
-            if tok is not None:
-                return tok
-        seen, _ = await self._native_row(transport, tokens)
-        return draw_at(self._full_row(seen), u)
-
-    def _full_row(self, row: dict[int, float]) -> np.ndarray:
-        """A whole-vocabulary row (token id -> logprob) as the local backend's array."""
-        logp = np.full(self.vocab.n_vocab, -np.inf)
-        logp[np.fromiter(row, dtype=np.int64, count=len(row))] = np.fromiter(row.values(), dtype=np.float64,
-                                                                             count=len(row))
-        return logp
 
     async def _cold_prompt(self, transport: "Transport", text: str, tokens: list[int], trie) -> None:
         """The completions route's cold start (llama-cpp-python: one sequence, reused from the longest common
@@ -175,7 +95,7 @@ class Stepper:
         spell, the value of the *last* (least likely) of them at the position of the first: where a wanted
         token's value is out of order it was overwritten, and is asked again with a top-k that ends at it."""
         if self.native_url is not None:  # ids, not text: nothing collapses
-            return await self._native_dist(transport, tokens, wanted, plain)
+            return await self.native.dist(transport, tokens, wanted, plain)
         token = await self._ask(transport, text, self.top, tokens, fresh)
         if token is None:
             return {}, 0.0
@@ -255,14 +175,14 @@ class Stepper:
         if not row:
             return None
         if len(row) == self.vocab.n_vocab:  # the whole distribution (native route): the local draw itself
-            return draw(self._full_row(row), rng)
+            return draw(full_row(row, self.vocab.n_vocab), rng)
         ids = np.fromiter(row, dtype=np.int64, count=len(row))
         values = np.fromiter(row.values(), dtype=np.float64, count=len(row))
         # core.sampling.draw walks the vocabulary in id order: so does this one (exact only where the tokens
         # below the top-k hold no mass before the drawn one: a free walk may leave the trajectory)
         order = np.argsort(ids, kind="stable")
         cdf = np.cumsum(np.exp(values[order]))
-        u = rng.random()  # scaled by the whole distribution's mass (1), as the local draw
+        u = seed_uniform(draw_seed(rng))  # scaled by the whole distribution's mass (1), as the local draw
         j = int(np.searchsorted(cdf, u, side="right"))
         if j >= len(ids):  # the local draw would take a token below the top-k: the walk leaves its trajectory
             plain = spec.temperature == 1.0 and not spec.filters.active
@@ -313,8 +233,8 @@ class Stepper:
         flags: set[str] = set()
         cut = True
         while len(generated) < answer_budget(spec.task.items, spec.limit):
-            if self._whole and spec.temperature == 1.0 and not spec.filters.active:
-                tok = await self._native_draw(transport, tokens + generated, rng)
+            if self.native is not None and self.native.whole and spec.temperature == 1.0 and not spec.filters.active:
+                tok = await self.native.draw(transport, tokens + generated, rng)
             else:
                 tok = await self._row_draw(transport, spec, context + vocab.text(generated), tokens + generated,
                                            rng, flags)
@@ -338,7 +258,7 @@ class Stepper:
         trie = vocab.item_trie(spec.task.matcher)
         context, tokens = vocab.prompt(spec)
         if self.sequential and self._cold != tokens:  # the prompt decoded cold, once: its row is that decode's
-            await (self._native_row(transport, tokens, cold=True) if self.native_url else
+            await (self.native.row(transport, tokens, cold=True) if self.native else
                    self._cold_prompt(transport, context, tokens, trie))
             self._cold = tokens
         if spec.positions == "constrained":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,12 +102,35 @@ def _restrict(logp: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return masked - logsumexp(masked)
 
 
+SEEDS = 2**32 - 1  # a draw's seed is a uint32 below llama.cpp's LLAMA_DEFAULT_SEED (0xFFFFFFFF: "random")
+_MT19937 = np.random.MT19937(0)  # scratch: re-seeded under its lock at each use, so seed_uniform stays pure
+
+
+def draw_seed(rng: np.random.Generator) -> int:
+    """The 32-bit seed of one draw, from the run's generator."""
+    return int(rng.integers(SEEDS))
+
+
+def seed_uniform(seed: int) -> float:
+    """The uniform number llama.cpp's `dist` sampler draws with `seed`: std::uniform_real_distribution<double> over
+    std::mt19937(seed), as libstdc++ makes it from two 32-bit outputs, (a + b 2^32) / 2^64.
+
+    deval draws with it so that a server given the seed draws the very token deval would (issue 11)."""
+    with _MT19937.lock:
+        _MT19937._legacy_seeding(int(seed))  # std::mt19937(seed): init_genrand
+        a, b = (float(x) for x in _MT19937.random_raw(2))
+    u = (a + b * 2.0**32) / 2.0**64
+    return u if u < 1.0 else math.nextafter(1.0, 0.0)
+
+
 def draw(logp: np.ndarray, rng: np.random.Generator) -> int:
-    """One index drawn from exp(logp) with an explicit generator (inverse CDF, float64)."""
-    return draw_at(logp, rng.random())
+    """One index drawn from exp(logp) with an explicit generator: llama.cpp's `dist` sampler (inverse CDF in index
+    order, float64 sums) at the uniform of a seed taken from rng."""
+    return draw_at(logp, seed_uniform(draw_seed(rng)))
 
 
 def draw_at(logp: np.ndarray, u: float) -> int:
-    """The index the inverse CDF of exp(logp) gives at the uniform number u (what draw does with rng.random())."""
+    """The index the inverse CDF of exp(logp) gives at the uniform number u, in index order (as llama.cpp's `dist`
+    sampler walks an unsorted row)."""
     cdf = np.cumsum(np.exp(logp - np.max(logp)))  # unnormalised is fine: the draw is scaled by cdf[-1]
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(cdf) - 1))
