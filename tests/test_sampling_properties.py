@@ -140,3 +140,20 @@ def test_filtered_tokens_are_never_drawn_and_frequencies_follow_p():
     expected = np.exp(logp[:3]) * n
     chi2 = float(((counts[:3] - expected) ** 2 / expected).sum())
     assert chi2 < 13.8  # 2 degrees of freedom, p = 0.001
+
+
+def test_a_draws_uniform_is_the_one_llama_cpps_dist_sampler_draws_with_the_seed():
+    """std::uniform_real_distribution<double> over std::mt19937(seed), as libstdc++ makes it: the server given a
+    draw's seed draws at the same point of the inverse CDF."""
+    from deval.core.sampling import draw_at, draw_seed, seed_uniform
+
+    # std::mt19937's first outputs at its default seed 5489 (the C++ standard's engine): the low word comes first
+    assert seed_uniform(5489) == (3499211612 + 581869302 * 2.0**32) / 2.0**64
+    assert seed_uniform(42) == 0.796542984287846  # printed by a g++ 12 build of the same expression
+    rng = np.random.default_rng(0)
+    seeds = [draw_seed(rng) for _ in range(2000)]
+    assert all(0 <= s < 2**32 - 1 for s in seeds)  # 0xFFFFFFFF would be llama.cpp's "random seed"
+    u = np.array([seed_uniform(s) for s in seeds])
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.02
+    logp = np.log(np.array([0.2, 0.0, 0.5, 0.3]))  # id order: 0 below 0.2, 2 up to 0.7, 3 above
+    assert [draw_at(logp, x) for x in (0.1, 0.3, 0.69, 0.71)] == [0, 2, 2, 3]
