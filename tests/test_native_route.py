@@ -145,9 +145,12 @@ def fake_native(vocab: int, sorted_draws: bool = False):
             return httpx.Response(200, json={"content": "?", "tokens": [token]})
         k = min(int(body["n_probs"]), vocab)
         order = np.argsort(-row, kind="stable")[:k]
-        top = [{"id": int(i), "token": "?", "bytes": [63], "logprob": float(row[i])} for i in order]
-        return httpx.Response(200, json={"content": "?", "completion_probabilities": [
-            {"id": int(order[0]), "token": "?", "bytes": [63], "logprob": top[0]["logprob"], "top_logprobs": top}]})
+        top = ",".join(f'{{"id":{i},"token":"?","bytes":[63],"logprob":{v!r}}}'  # as json.dumps, faster
+                       for i, v in zip(order.tolist(), row[order].tolist()))
+        first = f'"id":{int(order[0])},"token":"?","bytes":[63],"logprob":{float(row[order[0]])!r}'
+        return httpx.Response(200, content=f'{{"content":"?","completion_probabilities":[{{{first},'
+                                           f'"top_logprobs":[{top}]}}]}}'.encode(),
+                              headers={"content-type": "application/json"})
     return answer
 
 
