@@ -75,6 +75,10 @@ class NativeRoute:
         self.cold: tuple[list[int], dict[int, float]] | None = None  # the prompt decoded cold, and its whole row
         self.server_draws: bool | None = None  # the server's draw is deval's (None: not checked yet)
 
+    def at_prompt(self, tokens: list[int]) -> bool:
+        """The prefix is the prompt decoded cold, whose whole row is held here."""
+        return self.cold is not None and self.cold[0] == list(tokens)
+
     @property
     def whole(self) -> bool:
         """Rows are the whole vocabulary (else a top-k like any other route's)."""
@@ -94,7 +98,7 @@ class NativeRoute:
         from deval.backends.logprobs import Malformed, NoLogprobs
 
         n_probs = n_probs or self.top
-        if not cold and self.cold is not None and self.cold[0] == list(tokens) and n_probs <= self.top:
+        if not cold and self.at_prompt(tokens) and n_probs <= self.top:
             seen = self.cold[1]  # the whole row answers a light request too
             return seen, float(np.exp(np.fromiter(seen.values(), dtype=np.float64)).sum())
         body, key = self.request(tokens, n_probs)
@@ -139,7 +143,7 @@ class NativeRoute:
         where its draw passed the check; else from a light row where it decides the draw, or the whole row (the
         check is made on the first whole row asked)."""
         seed = draw_seed(rng)
-        at_prompt = self.cold is not None and self.cold[0] == list(tokens)
+        at_prompt = self.at_prompt(tokens)
         if self.server_draws and not at_prompt:
             return await self.server_draw(transport, tokens, seed)
         if self.server_draws is False and LIGHT_TOP < self.top and not at_prompt:  # decided by a light row if it can
