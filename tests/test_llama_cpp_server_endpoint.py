@@ -208,3 +208,29 @@ def test_step_by_step_runs_walk_the_in_process_trajectory(server, tmp_path):
         assert h.sampled == x.sampled
     assert left != {0, 1}  # at least one run walked its in-process trajectory to the end
     assert b.requests >= 3 and "missing-items" not in http[0].flags
+
+
+def test_free_runs_take_the_servers_draws_and_write_the_in_process_items(server, tmp_path):
+    from deval.backends.local import LocalBackend, embedded_model_path
+
+    # free positions: every token drawn from the whole vocabulary. llama-cpp-python draws as deval does, so after
+    # the check the draws are the server's (one small request each, with the draw's seed); each run's first draw
+    # follows an emptied cache, so the server decodes the prompt in one batch as a run in-process starts
+    specs = runs(task="extreme", n=2, steps=3)
+    b = engine(server, tmp_path, preset="llama-cpp-python", tokenizer=str(embedded_model_path()), top_logprobs=1000)
+    http = sorted(b.measure(specs), key=lambda s: (s.run, s.step))
+    assert b.stats()["server_draws"] is True
+    b.close()
+    local = LocalBackend(threads=1, flash_attn="off")  # as llama-cpp-python's server by default
+    try:
+        exact = sorted(local.measure(specs), key=lambda s: (s.run, s.step))
+    finally:
+        local.close()
+    compared = 0
+    for run in (0, 1):
+        mine, theirs = [s for s in http if s.run == run], [s for s in exact if s.run == run]
+        if any("retokenized" in s.flags for s in mine):  # text the server tokenized otherwise
+            continue
+        assert [(s.sampled, s.text) for s in mine] == [(s.sampled, s.text) for s in theirs]
+        compared += 1
+    assert compared >= 1

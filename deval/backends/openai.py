@@ -344,9 +344,8 @@ class OpenAIBackend:
                 "retry_reasons": dict(self.retry_reasons), "timeouts": self.timeouts,
                 "concurrency": self.in_flight(), "concurrency_lowest": self.lowest_concurrency,
                 "n_limit": self.n_limit, "server_filters": self.evidence.to_dict(),
-                # native route: the server's draw passed the check and made the free draws (None: not checked)
-                "server_draws": self._stepper.native.server_draws
-                if self._stepper is not None and self._stepper.native is not None else None}
+                # the server's draw passed the check and made the free draws (None: not checked)
+                "server_draws": self._stepper.server_draws if self._stepper is not None else None}
 
     async def _produce(self, runs: Sequence[RunSpec], out: queue.Queue, handle: dict) -> None:
         handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()

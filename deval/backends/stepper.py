@@ -24,8 +24,9 @@ from deval.backends.vocab import Vocab
 from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
+from deval.backends.completion_draws import CompletionDraws
 from deval.backends.native_route import STEP_SEED, NativeRoute, full_row
-from deval.core.sampling import draw, draw_seed, sampling_logprobs, seed_uniform
+from deval.core.sampling import draw_at, draw_seed, sampling_logprobs, seed_uniform
 from deval.core.trie import chain_rule, item_logprobs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,14 +62,25 @@ class Stepper:
         self.token_prompts: bool | None = True if native_url else None
         self._cold: list[int] | None = None  # the prompt the server holds decoded cold (in one batch)
         self.tail_draws: bool | None = None  # the server draws with visible tokens banned (None: untried)
+        self.draws = CompletionDraws(backend, vocab)  # the server's own free draws (off the native route)
+
+    @property
+    def server_draws(self) -> bool | None:
+        """The server's draws passed the check and make the free draws (None: not checked)."""
+        return self.native.server_draws if self.native is not None else self.draws.checked
 
     async def _cold_prompt(self, transport: "Transport", text: str, tokens: list[int], trie) -> None:
         """The completions route's cold start (llama-cpp-python: one sequence, reused from the longest common
         prefix): a one-token prompt that shares no token with the run's prompt empties the server's cache, then
         the row at the prompt is asked past the response cache, so the server decodes the prompt in one batch."""
+        await self._flush(transport, tokens)
+        await self._dist(transport, text, trie.children.get((), ()), tokens, fresh=True)
+
+    async def _flush(self, transport: "Transport", tokens: list[int]) -> None:
+        """Empties the server's prompt cache (one sequence, reused from the longest common prefix): a one-token
+        prompt that shares no token with `tokens`."""
         flush = next(t for t in range(self.vocab.n_vocab) if t not in tokens[:1] and self.vocab.text([t]).isalpha())
         await self._ask(transport, self.vocab.text([flush]), 1, [flush], fresh=True)
-        await self._dist(transport, text, trie.children.get((), ()), tokens, fresh=True)
 
     async def _ask(self, transport: "Transport", text: str, top: int, tokens: list[int] | None = None,
                    fresh: bool = False):
@@ -167,22 +179,23 @@ class Stepper:
                     final=False, tail=tail, missing=() if exact else missing, flags=tuple(dict.fromkeys(flags)),
                     tail_cap=None if exact else tail, item_logprobs=known), rows
 
-    async def _row_draw(self, transport: "Transport", spec: RunSpec, text: str, tokens: list[int],
+    async def _row_draw(self, transport: "Transport", spec: RunSpec, text: str, tokens: list[int], seed: int,
                         rng: np.random.Generator, flags: set[str]) -> int | None:
-        """One token drawn from the visible row at a prefix as the local draw (None: nothing visible)."""
+        """One token drawn from the visible row at a prefix as the local draw with its seed (None: nothing
+        visible)."""
         seen, mass = await self._dist(transport, text, None, tokens)
         row = self._sampling(seen, mass, spec)
         if not row:
             return None
         if len(row) == self.vocab.n_vocab:  # the whole distribution (native route): the local draw itself
-            return draw(full_row(row, self.vocab.n_vocab), rng)
+            return draw_at(full_row(row, self.vocab.n_vocab), seed_uniform(seed))
         ids = np.fromiter(row, dtype=np.int64, count=len(row))
         values = np.fromiter(row.values(), dtype=np.float64, count=len(row))
         # core.sampling.draw walks the vocabulary in id order: so does this one (exact only where the tokens
         # below the top-k hold no mass before the drawn one: a free walk may leave the trajectory)
         order = np.argsort(ids, kind="stable")
         cdf = np.cumsum(np.exp(values[order]))
-        u = seed_uniform(draw_seed(rng))  # scaled by the whole distribution's mass (1), as the local draw
+        u = seed_uniform(seed)  # scaled by the whole distribution's mass (1), as the local draw
         j = int(np.searchsorted(cdf, u, side="right"))
         if j >= len(ids):  # the local draw would take a token below the top-k: the walk leaves its trajectory
             plain = spec.temperature == 1.0 and not spec.filters.active
@@ -224,8 +237,26 @@ class Stepper:
             return self.vocab.llm.token_eos()
         return self.vocab.token_id(choice.tokens[0].key, choice.tokens[0].raw)
 
+    async def _free_draw(self, transport: "Transport", spec: RunSpec, text: str, tokens: list[int],
+                         rng: np.random.Generator, flags: set[str], cold: bool = False) -> int | None:
+        """One free draw off the native route: the server's own (completion_draws) at T=1 without filters where
+        it passed the check (cold: with the server's cache emptied first, so it decodes the prompt in one batch
+        as a run in-process does), else from the visible row."""
+        seed = draw_seed(rng)
+        prompt = tokens if self.token_prompts else text
+        if spec.temperature == 1.0 and not spec.filters.active and self.draws.checked is not False:
+            if self.draws.checked is None:
+                await self.draws.check(transport, prompt, (await self._dist(transport, text, None, tokens))[0])
+            if self.draws.checked:
+                if cold:
+                    await self._flush(transport, tokens)
+                tok = await self.draws.draw(transport, prompt, seed)
+                if tok is not None:
+                    return tok
+        return await self._row_draw(transport, spec, text, tokens, seed, rng, flags)
+
     async def _generate(self, transport: "Transport", spec: RunSpec, context: str, tokens: list[int],
-                        rng: np.random.Generator):
+                        rng: np.random.Generator, first: bool = False):
         """LocalBackend._generate over HTTP: one token at a time from the visible row, drawn as the local draw."""
         vocab = self.vocab
         generated: list[int] = []
@@ -236,8 +267,8 @@ class Stepper:
             if self.native is not None and self.native.whole and spec.temperature == 1.0 and not spec.filters.active:
                 tok = await self.native.draw(transport, tokens + generated, rng)
             else:
-                tok = await self._row_draw(transport, spec, context + vocab.text(generated), tokens + generated,
-                                           rng, flags)
+                tok = await self._free_draw(transport, spec, context + vocab.text(generated), tokens + generated,
+                                            rng, flags, cold=first and self.sequential and not generated)
                 if tok is None:
                     break
             if tok in vocab.eog:
@@ -264,8 +295,8 @@ class Stepper:
         if spec.positions == "constrained":
             return await self._run_constrained(transport, spec, trie, context, tokens, rng)
         steps: list[Step] = []
-        for _ in range(1 if spec.mode == "sequence" else spec.steps):
-            generated, answer = await self._generate(transport, spec, context, tokens, rng)
+        for g in range(1 if spec.mode == "sequence" else spec.steps):
+            generated, answer = await self._generate(transport, spec, context, tokens, rng, first=g == 0)
             for pos in answer.positions[: spec.steps - len(steps)]:
                 head = generated[:pos.token]
                 steps.append((await self._measure(transport, spec, trie, context + vocab.text(head), tokens + head,
