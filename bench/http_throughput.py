@@ -1,7 +1,8 @@
 """Benchmark (not a test): deval's requests/s against an instant local stub at concurrency 64.
 
 Compared with a bare async httpx loop sending the same request bodies at the same concurrency and parsing the
-JSON (the floor: what no client can beat by much) and with a sequential openai-SDK loop (what users write by
+JSON with the standard library (the floor: what no client can beat by much; deval reads JSON with orjson, so the
+same loop with orjson is shown too) and with a sequential openai-SDK loop (what users write by
 hand). The stub runs in its own process (tests/stubserver.py) and answers from memory after a warm-up pass.
 
     python bench/http_throughput.py [--requests 1000] [--repeat 7] [--concurrency 64]
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,7 +47,7 @@ def engine(url: str, concurrency: int, cache: str | None, top: int) -> OpenAIBac
                          top_logprobs=top, **options)
 
 
-async def floor(url: str, bodies: list[dict], concurrency: int) -> float:
+async def floor(url: str, bodies: list[dict], concurrency: int, loads=None) -> float:
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url + "/", limits=limits, timeout=60) as client:
@@ -53,7 +55,7 @@ async def floor(url: str, bodies: list[dict], concurrency: int) -> float:
             async with gate:
                 r = await client.post("chat/completions", json=body)
                 r.raise_for_status()
-                return r.json()
+                return loads(r.content) if loads else r.json()
 
         start = time.perf_counter()
         await asyncio.gather(*(one(b) for b in bodies))
@@ -100,9 +102,11 @@ def main() -> None:
         bodies = [e._body(s, "chat", args.top, s.seed) for s in runs]
         asyncio.run(floor(url, bodies, args.concurrency))  # warm-up: the stub memoises every answer
         size = len(httpx.post(url + "/chat/completions", json=bodies[0]).content)
-        results = {"floor (bare async httpx)": [], "deval (cache on)": [], "deval (no cache)": []}
-        for _ in range(args.repeat):  # paired and interleaved trials: machine noise hits all three alike
+        results = {"floor (bare async httpx)": [], "floor, orjson": [], "deval (cache on)": [], "deval (no cache)": []}
+        for _ in range(args.repeat):  # paired and interleaved trials: machine noise hits all alike
             results["floor (bare async httpx)"].append(asyncio.run(floor(url, bodies, args.concurrency)))
+            # the same loop reading JSON as deval does (orjson): how much of deval's ratio is the faster parser
+            results["floor, orjson"].append(asyncio.run(floor(url, bodies, args.concurrency, orjson.loads)))
             results["deval (cache on)"].append(deval_rate(url, runs, args.concurrency, True, args.top))
             results["deval (no cache)"].append(deval_rate(url, runs, args.concurrency, False, args.top))
         results["openai SDK, sequential"] = [sdk_rate(url, bodies[: args.sdk_requests])] * args.repeat

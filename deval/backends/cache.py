@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from deval.backends.http import loads
 from deval.errors import ConfigError
 
 
@@ -67,7 +68,7 @@ class ResponseCache:
         offset, length = self._index[key]
         line = os.pread(self._fd, length, offset)
         try:
-            record = json.loads(line)
+            record = loads(line)
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict) or record.get("key") != key:  # torn or misplaced: ask the server again

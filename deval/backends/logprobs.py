@@ -134,6 +134,16 @@ def _chat_token(entry: dict, prob_keys: bool = False) -> tuple[Token, str]:
         raise Malformed("top_logprobs is not a list")
     alts: dict[str, Alt] = {}  # the first of repeats of the same token (same key)
     for t in tops:
+        if not prob_keys and type(t) is dict:  # llama.cpp's shape with a plain logprob, the usual case, inline
+            i, b, v = t.get("id"), t.get("bytes"), t.get("logprob")
+            if type(i) is int and type(b) is list and type(v) is float and SENTINEL < v <= 0.0:
+                k = f"id:{i}"
+                if k not in alts:
+                    try:
+                        alts[k] = Alt(k, bytes(b), v)
+                    except (TypeError, ValueError):
+                        raise Malformed(f"token bytes {b!r} are not a list of bytes") from None
+                continue
         if not isinstance(t, dict):
             raise Malformed(f"top_logprobs entry {t!r} is not an object")
         k, r, _ = _key(t)
