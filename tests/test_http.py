@@ -9,7 +9,7 @@ import pytest
 import respx
 
 from deval.core.protocol import RunSpec
-from deval.backends.http import RetryPolicy, Transient, Transport, retry_after_seconds
+from deval.backends.http import RetryPolicy, Transient, Transport, loads, retry_after_seconds
 from deval.backends.openai import OpenAIBackend
 from deval.errors import BackendError, BackendUnavailable, ConfigError
 from deval.core.tasks import TaskCatalog
@@ -230,3 +230,12 @@ def test_redact_masks_user_password_query_values_and_fragment_and_never_raises()
 def test_a_redacted_base_url_asks_for_the_full_url_again():
     with pytest.raises(ConfigError, match=r"masked .* pass --base-url again"):
         OpenAIBackend(model="m", preset="vllm", base_url="http://***@h/v1?key=***", no_probe=True, no_cache=True)
+
+
+def test_json_bodies_read_fast_still_read_nan_and_infinity_and_refuse_a_torn_body():
+    import math
+
+    assert loads(b'{"logprob": -0.25, "id": 3}') == {"logprob": -0.25, "id": 3}
+    assert math.isnan(loads(b'{"a": NaN}')["a"]) and loads(b"[-Infinity]") == [-math.inf]  # Python servers write these
+    with pytest.raises(json.JSONDecodeError):
+        loads(b'{"choices": [')
