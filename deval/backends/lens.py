@@ -183,9 +183,10 @@ class LensBackend(LocalBackend):
         self._fresh = None
         rows = yield from super()._evaluate(state, tokens, lookahead)
         self._rows = state.rows  # the current run's rows, beside its layers
-        if self._fresh is not None:  # decoded now: keep each prefix's layers with its row
+        if self._fresh is not None:  # decoded now: the last rows asked; a prefix keeps the layers of its row
+            offset = len(lookahead) + 1 - len(self._fresh)
             for i, hidden in enumerate(self._fresh):
-                self._hidden[tokens + lookahead[:i]] = hidden
+                self._hidden.setdefault(tokens + lookahead[:offset + i], hidden)
         for key in [k for k in self._hidden if k not in state.rows]:
             del self._hidden[key]
         return rows

@@ -215,10 +215,13 @@ class LocalBackend:
         generator that yields the Decode it needs.
 
         Lookahead tokens are evaluated in the same batch and stay in the KV cache: when the next step's item
-        starts with them (SmolLM2 writes " 7" as " " + "7"), they are not decoded again.
+        starts with them (SmolLM2 writes " 7" as " " + "7"), they are not decoded again. A prefix's row is the
+        one first computed in the run (a position's row is the row its token was drawn from): only rows not
+        held are decoded, on top of the held prefix, as a server's prompt cache decodes a request.
         """
         wanted = [tokens + lookahead[:i] for i in range(len(lookahead) + 1)]
-        if all(w in state.rows for w in wanted):
+        first = next((i for i, w in enumerate(wanted) if w not in state.rows), None)
+        if first is None:
             for w in wanted:
                 state.rows.move_to_end(w)
             return [state.rows[w] for w in wanted]
@@ -226,18 +229,21 @@ class LocalBackend:
         if len(full) >= self.n_ctx:
             raise ConfigError(f"the run needs {len(full)} tokens but the context holds {self.n_ctx}; "
                               f"raise --ctx or lower --steps")
+        need = len(tokens) + first  # the first row not held: its prefix's last token is decoded (at least)
         common = 0
-        limit = min(len(state.kv), len(tokens) - 1)  # re-decode at least the last token to get its logits
+        limit = min(len(state.kv), need - 1)
         while common < limit and state.kv[common] == full[common]:
             common += 1
-        rows = yield Decode(common, full[common:], len(tokens) - 1 - common)
+        rows = yield Decode(common, full[common:], need - 1 - common)
         state.kv = full
-        for w, row in zip(wanted, rows):
-            state.rows[w] = row
+        for w, row in zip(wanted[first:], rows):
+            state.rows.setdefault(w, row)
+        for w in wanted:
             state.rows.move_to_end(w)
+        held = [state.rows[w] for w in wanted]
         while len(state.rows) > CACHE_ROWS:
             state.rows.popitem(last=False)
-        return rows
+        return held
 
     def _decode(self, n_past: int, new: list[int], first_wanted: int) -> list[np.ndarray]:
         """Decode `new` after n_past cached tokens; return log-softmax rows from index first_wanted on."""
@@ -342,9 +348,15 @@ class LocalBackend:
         steps: list[Step] = []
         for _ in range(1 if spec.mode == "sequence" else spec.steps):
             generated, answer = yield from self._generate(state, spec, context, rng)
-            for pos in answer.positions[: spec.steps - len(steps)]:
-                steps.append((yield from self._measure(state, spec, trie, context + tuple(generated[:pos.token]),
-                                                       len(steps), pos.item, pos.text, answer.flags))[0])
+            chosen = answer.positions[: spec.steps - len(steps)]
+            measured = []
+            # last position first: each position's trie rows are decoded on top of the generation's own cache
+            # (one token on a held prefix), the schedule a server's prompt cache follows (stepper.py)
+            for k, pos in reversed(list(enumerate(chosen))):
+                measured.append((yield from self._measure(state, spec, trie, context + tuple(generated[:pos.token]),
+                                                          len(steps) + k, pos.item, pos.text, answer.flags))[0])
+            for step in reversed(measured):
+                steps.append(step)
                 if len(steps) > 1:
                     yield steps[-2]
             if not answer.positions and not steps and spec.mode == "sequence":  # nothing written: measure the start

@@ -152,7 +152,9 @@ class Stepper:
         task, vocab = spec.task, self.vocab
         flags = list(flags) + (["retokenized"] if self._retokenized(context, tokens) else [])
         rows, masses = {}, {}
-        for node in [()] + sorted(trie.interior(), key=len):
+        chain = trie.lookahead()  # in-process order: the root, the lookahead chain, the other nodes
+        ahead = [chain[:i] for i in range(1, len(chain) + 1)]
+        for node in [()] + ahead + [n for n in trie.interior() if n not in ahead]:
             if node and (node[:-1] not in rows or node[-1] not in rows[node[:-1]]):
                 continue  # its parent token is not visible: its mass counts as unseen
             seen, mass = await self._dist(transport, context + vocab.text(node), trie.children.get(node, ()),
@@ -297,10 +299,16 @@ class Stepper:
         steps: list[Step] = []
         for g in range(1 if spec.mode == "sequence" else spec.steps):
             generated, answer = await self._generate(transport, spec, context, tokens, rng, first=g == 0)
-            for pos in answer.positions[: spec.steps - len(steps)]:
+            chosen = answer.positions[: spec.steps - len(steps)]
+            measured = []
+            # last position first, as in-process: the server then decodes each row one token on a prefix it
+            # holds (walking forward, it would decode the tokens between two positions in one batch)
+            for k, pos in reversed(list(enumerate(chosen))):
                 head = generated[:pos.token]
-                steps.append((await self._measure(transport, spec, trie, context + vocab.text(head), tokens + head,
-                                                  len(steps), pos.item, pos.text, answer.flags))[0])
+                measured.append((await self._measure(transport, spec, trie, context + vocab.text(head),
+                                                     tokens + head, len(steps) + k, pos.item, pos.text,
+                                                     answer.flags))[0])
+            steps += reversed(measured)
             if not answer.positions and not steps and spec.mode == "sequence":  # nothing written: measure the start
                 steps.append((await self._measure(transport, spec, trie, context, tokens, 0, None, "",
                                                   answer.flags + ("empty-output",)))[0])
