@@ -272,3 +272,28 @@ def test_flash_attention_follows_llama_cpp_unless_turned_off():
             local.close()
     assert 1e-6 < np.max(np.abs(rows[None] - rows["off"])) < 0.1  # a real, small difference in the numbers
     assert "--flash-attn must be on or off" in one_line_error(run_cli("profile", "--flash-attn", "auto"))
+
+
+def test_a_prefix_has_one_row_in_a_run_the_row_its_token_was_drawn_from(backend):
+    """A position is measured with the row its token was drawn from: the measure asks the generation's prefixes
+    again, and gets the same row, not the row of another decode (llama.cpp's rows move with the batches)."""
+    rows, asked = {}, {}
+    evaluate = backend._evaluate
+
+    def recording(state, tokens, lookahead=()):
+        got = yield from evaluate(state, tokens, lookahead)
+        for i, row in enumerate(got):
+            key = tokens + lookahead[:i]
+            assert np.array_equal(rows.setdefault(key, row.copy()), row)
+            asked[key] = asked.get(key, 0) + 1
+        return got
+
+    backend._evaluate = recording
+    try:
+        task = TaskCatalog.load().get("flat")
+        steps = list(backend._drive(backend._run(RunSpec(task=task, run=1, seed=run_seed(0, task.name, 1),
+                                                         mode="sequence", steps=3))))
+    finally:
+        del backend._evaluate
+    assert len(steps) == 3 and any(s.sampled is not None for s in steps)
+    assert max(asked.values()) > 1  # positions were measured at prefixes the generation had drawn at
