@@ -41,7 +41,7 @@ def likeliest_first(seen: dict[int, float], u: float) -> int | None:
 
 
 def check_seeds(seen: dict[int, float], n_vocab: int, count: int = CHECK_SEEDS,
-                tries: int = 20000) -> list[tuple[int, int]]:
+                tries: int = 2000) -> list[tuple[int, int]]:
     """(seed, deval's token) where a visible row decides deval's draw and likeliest first takes another token,
     each unchanged by a shift of MARGIN in the uniform."""
     if not seen:
@@ -93,7 +93,7 @@ class CompletionDraws:
     async def check(self, transport: "Transport", prompt, seen: dict[int, float]) -> None:
         """Whether the server's draws at a prompt are deval's over the row `seen` asked there (left undecided
         where the row offers no seed that tells the two orders apart)."""
-        seeds = [(seed, want) for seed, want in check_seeds(seen, self.vocab.n_vocab, 3 * CHECK_SEEDS, 2000)
+        seeds = [(seed, want) for seed, want in check_seeds(seen, self.vocab.n_vocab, 3 * CHECK_SEEDS)
                  if self.vocab.piece(want).decode("utf-8", "ignore") not in self.vocab.ambiguous][:CHECK_SEEDS]
         if not seeds:
             return
