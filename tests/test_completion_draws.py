@@ -67,7 +67,9 @@ def _row(prompt: str, support: list[int], size: int) -> np.ndarray:
     return logp - np.logaddexp.reduce(logp[support])
 
 
-def fake_llama_cpp_python(vocab, support, sorted_draws: bool):
+def fake_llama_cpp_python(vocab, support, sorted_draws: bool, blank_from: str | None = None):
+    """blank_from: draws at longer prompts than this come back as text "" (a token that is part of a character,
+    as llama-cpp-python writes it: several tokens spell that)."""
     def answer(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         if not isinstance(body["prompt"], str):
@@ -79,6 +81,8 @@ def fake_llama_cpp_python(vocab, support, sorted_draws: bool):
             token = int(order[draw_at(row[order], seed_uniform(body["seed"]))])
         top = np.argsort(-row, kind="stable")[:min(int(body.get("logprobs") or 0), len(support))]
         text = vocab.text([token])
+        if blank_from is not None and "min_tokens" not in body and len(body["prompt"]) > len(blank_from):
+            text = ""
         logprobs = {"tokens": [text], "token_logprobs": [float(row[token])], "text_offset": [0],
                     "top_logprobs": [{vocab.text([int(i)]): float(row[i]) for i in top}]}
         return httpx.Response(200, json={"choices": [{"index": 0, "text": text, "logprobs": logprobs,
@@ -132,3 +136,27 @@ def test_free_draws_are_the_servers_after_the_check_and_walk_devals_trajectory(t
     assert all(walk[2] in prompts for walk in walks)  # and each run went on along it
     assert [s.text for s in steps if s.text] and len(steps) == 3
     vocab.close()
+
+
+@needs_model
+@respx.mock
+def test_a_draw_whose_text_names_no_single_token_is_devals_and_flagged(tmp_path):
+    from deval.backends.local import embedded_model_path
+    from deval.backends.vocab import Vocab
+
+    gguf = str(embedded_model_path())
+    vocab = Vocab(gguf)
+    task = TaskCatalog.load().get("extreme")
+    spec = RunSpec(task=task, run=0, seed=run_seed(0, task.name, 0), mode="sequence", steps=1)
+    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}))
+    respx.post(f"{URL}/chat/completions").mock(return_value=httpx.Response(400, json={"error": "no chat"}))
+    respx.post(f"{URL}/completions").mock(side_effect=fake_llama_cpp_python(vocab, _support(vocab), False,
+                                                                            vocab.prompt(spec)[0]))
+    engine = OpenAIBackend(model="m", preset="llama-cpp-python", base_url=URL, api_key_env="", tokenizer=gguf,
+                           cache_dir=str(tmp_path / "cache"), retry_base=0.001, top_logprobs=TOP,
+                           route="completions")
+    steps = list(engine.measure([spec]))
+    assert engine.stats()["server_draws"] is True  # the check, at the prompt, passed
+    engine.close()
+    vocab.close()
+    assert steps and all("ambiguous-draw" in s.flags for s in steps)

@@ -252,9 +252,12 @@ class Stepper:
             if self.draws.checked:
                 if cold:
                     await self._flush(transport, tokens)
+                if self._retokenized(text, tokens):  # the server draws after other tokens than deval's path
+                    flags.add("retokenized")
                 tok = await self.draws.draw(transport, prompt, seed)
                 if tok is not None:
                     return tok
+                flags.add("ambiguous-draw")  # its text names several tokens: deval's draw over the text-keyed row
         return await self._row_draw(transport, spec, text, tokens, seed, rng, flags)
 
     async def _generate(self, transport: "Transport", spec: RunSpec, context: str, tokens: list[int],
