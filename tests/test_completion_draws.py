@@ -90,6 +90,16 @@ def fake_llama_cpp_python(vocab, support, sorted_draws: bool, blank_from: str | 
     return answer
 
 
+def _engine(tmp_path, gguf: str, fake):
+    """The fake on the completions route (chat refused) and a llama-cpp-python backend on it, top 20, --tokenizer."""
+    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}))
+    respx.post(f"{URL}/chat/completions").mock(return_value=httpx.Response(400, json={"error": "no chat"}))
+    wire = respx.post(f"{URL}/completions").mock(side_effect=fake)
+    return wire, OpenAIBackend(model="m", preset="llama-cpp-python", base_url=URL, api_key_env="", tokenizer=gguf,
+                               cache_dir=str(tmp_path / "cache"), retry_base=0.001, top_logprobs=TOP,
+                               route="completions")
+
+
 @needs_model
 @respx.mock
 @pytest.mark.parametrize("sorted_draws", [False, True])
@@ -102,12 +112,7 @@ def test_free_draws_are_the_servers_after_the_check_and_walk_devals_trajectory(t
     gguf = str(embedded_model_path())
     vocab = Vocab(gguf)
     support = _support(vocab)
-    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}))
-    respx.post(f"{URL}/chat/completions").mock(return_value=httpx.Response(400, json={"error": "no chat"}))
-    wire = respx.post(f"{URL}/completions").mock(side_effect=fake_llama_cpp_python(vocab, support, sorted_draws))
-    engine = OpenAIBackend(model="m", preset="llama-cpp-python", base_url=URL, api_key_env="", tokenizer=gguf,
-                           cache_dir=str(tmp_path / "cache"), retry_base=0.001, top_logprobs=TOP,
-                           route="completions")
+    wire, engine = _engine(tmp_path, gguf, fake_llama_cpp_python(vocab, support, sorted_draws))
     engine.capabilities()
     probed = wire.call_count
     task = TaskCatalog.load().get("extreme")
@@ -148,13 +153,7 @@ def test_a_draw_whose_text_names_no_single_token_is_devals_and_flagged(tmp_path)
     vocab = Vocab(gguf)
     task = TaskCatalog.load().get("extreme")
     spec = RunSpec(task=task, run=0, seed=run_seed(0, task.name, 0), mode="sequence", steps=1)
-    respx.get(f"{URL}/models").mock(return_value=httpx.Response(200, json={"data": [{"id": "m"}]}))
-    respx.post(f"{URL}/chat/completions").mock(return_value=httpx.Response(400, json={"error": "no chat"}))
-    respx.post(f"{URL}/completions").mock(side_effect=fake_llama_cpp_python(vocab, _support(vocab), False,
-                                                                            vocab.prompt(spec)[0]))
-    engine = OpenAIBackend(model="m", preset="llama-cpp-python", base_url=URL, api_key_env="", tokenizer=gguf,
-                           cache_dir=str(tmp_path / "cache"), retry_base=0.001, top_logprobs=TOP,
-                           route="completions")
+    _, engine = _engine(tmp_path, gguf, fake_llama_cpp_python(vocab, _support(vocab), False, vocab.prompt(spec)[0]))
     steps = list(engine.measure([spec]))
     assert engine.stats()["server_draws"] is True  # the check, at the prompt, passed
     engine.close()

@@ -34,10 +34,11 @@ MARGIN = 1e-3  # of the mass: the server's row may differ a little from the row 
 def likeliest_first(seen: dict[int, float], u: float) -> int | None:
     """The token an inverse CDF walking the row likeliest first takes with uniform u, None where the visible
     tokens (the top of the row) do not reach u."""
-    values = np.sort(np.fromiter(seen.values(), dtype=np.float64, count=len(seen)))[::-1]
-    ids = sorted(seen, key=lambda i: -seen[i])
-    j = int(np.searchsorted(np.cumsum(np.exp(values)), u, side="right"))
-    return ids[j] if j < len(ids) else None
+    ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
+    values = np.fromiter(seen.values(), dtype=np.float64, count=len(seen))
+    order = np.argsort(-values, kind="stable")
+    j = int(np.searchsorted(np.cumsum(np.exp(values[order])), u, side="right"))
+    return int(ids[order[j]]) if j < len(ids) else None
 
 
 def check_seeds(seen: dict[int, float], n_vocab: int, count: int = CHECK_SEEDS,

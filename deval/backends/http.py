@@ -103,7 +103,6 @@ class RetryPolicy:
         return step / 2.0 + float(rng.uniform(0.0, step / 2.0))
 
 
-
 def loads(raw: bytes):
     """A JSON body: orjson (3x the standard library on logprobs answers), the standard library where orjson
     refuses what it accepts (NaN, Infinity)."""
@@ -111,6 +110,7 @@ def loads(raw: bytes):
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json.loads(raw)
+
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
