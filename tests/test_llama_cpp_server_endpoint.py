@@ -236,3 +236,48 @@ def test_free_runs_take_the_servers_draws_and_write_the_in_process_items(server,
         assert max(abs(p - q) for s, x in zip(mine, theirs) for p, q in zip(s.probs, x.probs)) <= 1e-3
         compared += 1
     assert compared >= 1
+
+
+def test_a_path_its_text_would_not_reach_gets_the_in_process_row(server, tmp_path):
+    import asyncio
+
+    import llama_cpp
+    import numpy as np
+
+    from deval.backends.local import embedded_model_path
+
+    # a model may write "Hello" letter by letter; sent as text, that prefix reaches the server as one "Hello" token.
+    # deval sends the prefix the text does reach and has the server generate the rest (forced_prefix)
+    b = engine(server, tmp_path, preset="llama-cpp-python", tokenizer=str(embedded_model_path()), top_logprobs=1000)
+    st = b.stepper()
+    v = st.vocab
+    context, prompt = v.prompt(runs(task="extreme", n=1, steps=3)[0])
+    letters = [t for c in "Hello" for t in v.tokenize(c)]
+    path = prompt + letters
+    text = context + "Hello"
+
+    async def rows():
+        async with b._client() as client:
+            transport = b._transport(client)
+            forced = await st._ask(transport, text, 1000, path)
+            plain = await st._ask(transport, text, 1000, None)  # the text alone
+            return forced, plain
+
+    forced, plain = asyncio.run(rows())
+    assert st._retokenized(text, path) and st.forced.reached(path)
+    b.close()
+    llm = llama_cpp.Llama(str(embedded_model_path()), n_ctx=1024, n_threads=1, logits_all=True,
+                          verbose=False)  # flash attention off, as the server
+    try:
+        llm.eval(prompt)
+        for t in letters:  # one token at a time, as the server generates them
+            llm.eval([t])
+        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+    finally:
+        llm.close()
+    exact = logits - np.logaddexp.reduce(logits)
+    mine = st.forced.trusted(forced)
+    theirs = st.forced.trusted(plain)
+    assert len(mine) > 900
+    assert max(abs(np.exp(lp) - np.exp(exact[i])) for i, lp in mine.items()) < 1e-3
+    assert max(abs(np.exp(lp) - np.exp(exact[i])) for i, lp in theirs.items()) > 0.05  # the text's row is another

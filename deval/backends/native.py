@@ -141,11 +141,11 @@ def unpack(record: dict) -> tuple[np.ndarray, np.ndarray]:
     return ids, lps
 
 
-def decided_draw(seen: dict[int, float], u: float, vocab: int) -> int | None:
+def decided_draw(seen: dict[int, float], u: float, vocab: int, given: float | None = None) -> int | None:
     """The token core.sampling.draw takes with uniform u from a row of which only `seen` (the top-k) is known, where
     every placement of the unseen mass gives the same token; None where it could differ. The unseen mass is at most
     (vocab - k) times the k-th probability, and at most 1 less the seen mass (with the float32 normalisation's
-    error). Sums are relative to the largest probability, as draw's are."""
+    error), or `given` where the caller knows it. Sums are relative to the largest probability, as draw's are."""
     if not seen:
         return None
     ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
@@ -159,6 +159,8 @@ def decided_draw(seen: dict[int, float], u: float, vocab: int) -> int | None:
     # the whole row's weights sum to at most exp(-max) (1 + vocab 2^-24), the unseen ones to that less the seen
     whole = math.exp(-float(values.max())) * (1 + vocab * FLOAT32_EPS)
     unseen = min(unseen, max(whole - float(cdf[-1]), 0.0)) * (1 + 1e-9) + 1e-12
+    if given is not None:
+        unseen = given * math.exp(-float(values.max()))
     low, high = u * cdf[-1], u * (cdf[-1] + unseen)  # where u times the whole row's sum can lie
     j = int(np.searchsorted(cdf, high, side="right"))  # the first visible token past it wherever the tail lies
     if j >= len(ids):

@@ -5,8 +5,9 @@ each prefix (max_tokens 1, top-k logprobs), takes p_t(item) by the chain rule do
 trie node, identical prefixes answered by the response cache) and makes the draw itself with the run's seeded
 generator, exactly as LocalBackend._sample_item does: the same seed walks the same trajectory wherever the
 distributions agree. The prompt goes through the model's chat template and items are tokenized with a GGUF's
-tokenizer (--tokenizer PATH.gguf, loaded vocab-only); the server gets text, so a prefix whose text tokenizes
-differently from the token path deval walked is flagged `retokenized`.
+tokenizer (--tokenizer PATH.gguf, loaded vocab-only). A server that takes text only (llama-cpp-python) gets a
+prefix whose text it would tokenize otherwise than the path deval walked as the longest prefix it does tokenize
+so, and generates the rest itself (forced_prefix); where that fails the step is flagged `retokenized`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from deval.errors import BackendError
 from deval.core.answers import answer_budget, find_positions
 from deval.core.protocol import RunSpec, Step
 from deval.backends.completion_draws import CompletionDraws
+from deval.backends.forced_prefix import LIGHT, ForcedPrefixes
 from deval.backends.native_route import STEP_SEED, NativeRoute, full_row
 from deval.core.sampling import draw_at, draw_seed, sampling_logprobs, seed_uniform
 from deval.core.trie import chain_rule, item_logprobs
@@ -63,6 +65,7 @@ class Stepper:
         self._cold: list[int] | None = None  # the prompt the server holds decoded cold (in one batch)
         self.tail_draws: bool | None = None  # the server draws with visible tokens banned (None: untried)
         self.draws = CompletionDraws(backend, vocab)  # the server's own free draws (off the native route)
+        self.forced = ForcedPrefixes(backend, vocab)  # rows at paths a text prompt would not reach
 
     @property
     def server_draws(self) -> bool | None:
@@ -98,6 +101,10 @@ class Stepper:
                 if self.token_prompts:
                     raise
                 self.token_prompts = False  # text only (llama-cpp-python): tokenization is the server's
+        if tokens is not None and self._retokenized(text, tokens):  # the path's tail generated (forced_prefix)
+            token = await self.forced.row(transport, body, text, tokens, self._retokenized, fresh)
+            if token is not None:
+                return token
         choice = (await self.backend._fetch(transport, "completions", body, 1, fresh))[0]
         return choice.tokens[0] if choice.tokens else None
 
@@ -108,6 +115,11 @@ class Stepper:
         token's value is out of order it was overwritten, and is asked again with a top-k that ends at it."""
         if self.native_url is not None:  # ids, not text: nothing collapses
             return await self.native.dist(transport, tokens, wanted, plain)
+        if plain and wanted and LIGHT < self.top and self._forcing(text, tokens):  # the trie tokens' values count
+            token = await self._ask(transport, text, LIGHT, tokens, fresh)
+            seen = self.forced.trusted(token) if token is not None and self.forced.reached(tokens) else {}
+            if all(t in seen for t in wanted):
+                return seen, float(sum(math.exp(v) for v in seen.values()))
         token = await self._ask(transport, text, self.top, tokens, fresh)
         if token is None:
             return {}, 0.0
@@ -146,11 +158,18 @@ class Stepper:
         lead = tokens[:1] if self.vocab._formatter is None and tokens[:1] == [self.vocab.llm.token_bos()] else []
         return self.vocab.tokenize(text, special=True) != tokens[len(lead):]
 
+    def _forcing(self, text: str, tokens: list[int]) -> bool:
+        """The row at this prefix is asked by generating the path's tail (forced_prefix), as far as known."""
+        return self._retokenized(text, tokens) and self.forced.works is not False
+
+    def _unreached(self, text: str, tokens: list[int]) -> bool:
+        """The row asked at a prefix came from other tokens than deval's path (the text, retokenized)."""
+        return self._retokenized(text, tokens) and not self.forced.reached(tokens)
+
     async def _measure(self, transport: "Transport", spec: RunSpec, trie, context: str, tokens: list[int],
                        step: int, item: int | None, text: str, flags: tuple[str, ...]) -> tuple[Step, dict]:
         """The Step at one item position (context and tokens end just before the position's token)."""
         task, vocab = spec.task, self.vocab
-        flags = list(flags) + (["retokenized"] if self._retokenized(context, tokens) else [])
         rows, masses = {}, {}
         chain = trie.lookahead()  # in-process order: the root, the lookahead chain, the other nodes
         ahead = [chain[:i] for i in range(1, len(chain) + 1)]
@@ -161,6 +180,8 @@ class Stepper:
                                           tokens + list(node), spec.temperature == 1.0 and not spec.filters.active)
             masses[node] = mass
             rows[node] = self._sampling(seen, mass, spec)
+        unreached = any(self._unreached(context + vocab.text(node), tokens + list(node)) for node in rows)
+        flags = list(flags) + (["retokenized"] if unreached else [])
         # a trie token below a node's top-k holds at most that node's smallest visible probability
         unseen = sum(math.exp(min(rows[n].values(), default=0.0)) * sum(k not in rows[n] for k in kids)
                      for n in rows for kids in [trie.children.get(n, ())])
@@ -186,6 +207,8 @@ class Stepper:
         """One token drawn from the visible row at a prefix as the local draw with its seed (None: nothing
         visible)."""
         seen, mass = await self._dist(transport, text, None, tokens)
+        if self._unreached(text, tokens):
+            flags.add("retokenized")
         row = self._sampling(seen, mass, spec)
         if not row:
             return None
@@ -246,13 +269,23 @@ class Stepper:
         as a run in-process does), else from the visible row."""
         seed = draw_seed(rng)
         prompt = tokens if self.token_prompts else text
-        if spec.temperature == 1.0 and not spec.filters.active and self.draws.checked is not False:
-            if self.draws.checked is None:
+        retokenized = self._retokenized(text, tokens)
+        # at a path its text does not reach, deval draws over the row after the path (forced_prefix): from the
+        # entries that name one token each where they decide the draw (a light row, then the whole), else as below
+        forced = retokenized and self.forced.works is not False
+        plain = spec.temperature == 1.0 and not spec.filters.active
+        for top in sorted({min(LIGHT, self.top), self.top}) if forced and plain else ():
+            token = await self._ask(transport, text, top, tokens)
+            tok = self.forced.light_draw(token, seed_uniform(seed)) if token and self.forced.reached(tokens) else None
+            if tok is not None:
+                return tok
+        if plain and self.draws.checked is not False:
+            if self.draws.checked is None and not retokenized:
                 await self.draws.check(transport, prompt, (await self._dist(transport, text, None, tokens))[0])
-            if self.draws.checked:
-                if cold:
-                    await self._flush(transport, tokens)
-                if self._retokenized(text, tokens):  # the server draws after other tokens than deval's path
+            if self.draws.checked and cold:
+                await self._flush(transport, tokens)
+            if self.draws.checked and not forced:
+                if retokenized:  # the server draws after other tokens than deval's path
                     flags.add("retokenized")
                 tok = await self.draws.draw(transport, prompt, seed)
                 if tok is not None:
