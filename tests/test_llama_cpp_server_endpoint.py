@@ -265,6 +265,7 @@ def test_a_path_its_text_would_not_reach_gets_the_in_process_row(server, tmp_pat
 
     forced, plain = asyncio.run(rows())
     assert st._retokenized(text, path) and st.forced.reached(path)
+    assert b.stats()["forced_prefixes"] >= 1  # in transport.json
     b.close()
     llm = llama_cpp.Llama(str(embedded_model_path()), n_ctx=1024, n_threads=1, logits_all=True,
                           verbose=False)  # flash attention off, as the server

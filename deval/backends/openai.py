@@ -345,7 +345,9 @@ class OpenAIBackend:
                 "concurrency": self.in_flight(), "concurrency_lowest": self.lowest_concurrency,
                 "n_limit": self.n_limit, "server_filters": self.evidence.to_dict(),
                 # the server's draw passed the check and made the free draws (None: not checked)
-                "server_draws": self._stepper.server_draws if self._stepper is not None else None}
+                "server_draws": self._stepper.server_draws if self._stepper is not None else None,
+                # answers that generated a path's tail a text prompt would not reach (forced_prefix)
+                "forced_prefixes": self._stepper.forced.asked if self._stepper is not None else 0}
 
     async def _produce(self, runs: Sequence[RunSpec], out: queue.Queue, handle: dict) -> None:
         handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()
