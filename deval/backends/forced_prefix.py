@@ -1,20 +1,22 @@
 """Rows at token paths a text-only server would tokenize otherwise (llama-cpp-python's completions route; issue 11).
 
-A model may write a text as other tokens than its tokenizer would (" 1" as " " then "1"). Sent as text, such a
+A model may write a text as other tokens than its tokenizer would ("Hello" letter by letter). Sent as text, such a
 prefix reaches the server as the tokenizer's tokens, and the row there is another row. So deval sends the longest
 prefix that the server does tokenize as deval's path, and has the server generate the rest of the path itself:
 a grammar holds the generated text to the rest's text, and a logit bias on the rest's tokens picks them among the
-spellings the grammar allows. The row after the path is the logprobs of the token generated after it
-(llama-cpp-python computes logprobs from the model's logits, before the bias and the grammar). The request has no
-`min_tokens`: llama-cpp-python 0.3 then drops the logit bias (its `LogitsProcessorList.extend` returns None). Each generated
-token is decoded alone on the prefix the server holds, as in-process. Checked on every answer: a server that wrote
-other tokens leaves the prefix unreached, and the caller falls back to the text (flagged `retokenized`).
+spellings the grammar allows. Each generated token is decoded alone on the prefix the server holds, as in-process,
+and the row after the path is the logprobs of the token generated after it (llama-cpp-python computes logprobs
+from the model's logits, before the bias and the grammar).
+
+The request has no `min_tokens`: llama-cpp-python 0.3 then drops the logit bias (`LogitsProcessorList.extend`
+returns None). Every answer is checked: where another forced token won a step (both fit the text there), the
+wanted token's bias is raised past it and the prefix asked again; a prefix no bias reaches is left unreached, and
+the caller falls back to the text (flagged `retokenized`).
 """
 
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING, Callable
 
 from deval.backends.http import Refused
