@@ -216,7 +216,7 @@ def test_free_runs_take_the_servers_draws_and_write_the_in_process_items(server,
     # free positions: every token drawn from the whole vocabulary. llama-cpp-python draws as deval does, so after
     # the check the draws are the server's (one small request each, with the draw's seed); each run's first draw
     # follows an emptied cache, so the server decodes the prompt in one batch as a run in-process starts
-    specs = runs(task="extreme", n=2, steps=3)
+    specs = runs(task="extreme", n=4, steps=3)
     b = engine(server, tmp_path, preset="llama-cpp-python", tokenizer=str(embedded_model_path()), top_logprobs=1000)
     http = sorted(b.measure(specs), key=lambda s: (s.run, s.step))
     assert b.stats()["server_draws"] is True
@@ -226,16 +226,18 @@ def test_free_runs_take_the_servers_draws_and_write_the_in_process_items(server,
         exact = sorted(local.measure(specs), key=lambda s: (s.run, s.step))
     finally:
         local.close()
-    compared = 0
-    for run in (0, 1):
+    same = []
+    for run in range(len(specs)):
         mine, theirs = [s for s in http if s.run == run], [s for s in exact if s.run == run]
-        if any("retokenized" in s.flags for s in mine):  # text the server tokenized otherwise
-            continue
-        assert [(s.sampled, s.text) for s in mine] == [(s.sampled, s.text) for s in theirs]
-        # positions measured last first on both sides: each row one token decoded on a held prefix, the same rows
-        assert max(abs(p - q) for s, x in zip(mine, theirs) for p, q in zip(s.probs, x.probs)) <= 1e-3
-        compared += 1
-    assert compared >= 1
+        assert not any("retokenized" in s.flags for s in mine)  # paths the text would not reach: forced_prefix
+        if [(s.sampled, s.text) for s in mine] == [(s.sampled, s.text) for s in theirs]:
+            # positions measured last first on both sides: each row one token decoded on a held prefix, the same
+            assert max(abs(p - q) for s, x in zip(mine, theirs) for p, q in zip(s.probs, x.probs)) <= 1e-3
+            same.append(run)
+    # a draw deep in the tail may go to the neighbouring token: run 0's first draw (u 0.9604213) lands 3e-7 past
+    # the start of ' Poe' (p 5e-7), and the prompt's row decoded in the local backend's batch moves the cumulative
+    # sum by that much (llama-cpp-python 0.3.36). The others walk the in-process trajectory to the end
+    assert len(same) >= len(specs) - 1, same
 
 
 def test_a_path_its_text_would_not_reach_gets_the_in_process_row(server, tmp_path):
