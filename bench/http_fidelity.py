@@ -99,6 +99,10 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="deval-fidelity-")
     results, routes = {"in-process": profile("local", "local", None,
                                                {"threads": 1, "flash_attn": args.flash_attn}, args, tasks)}, {}
+    figures = {"server": args.server, "flash_attn": args.flash_attn, "runs": args.runs, "steps": args.steps,
+               "seed": args.seed, "variants": {}}
+    print(f"{args.server}: {args.runs} runs, seed {args.seed}, steps {args.steps or 'per task'}; e-score / ATVD")
+    report("in-process", results, routes, tasks, figures, args.json)
     try:
         step = {"base_url": url, "tokenizer": str(gguf), "cache_dir": cache}
         runs = {"preset": (args.server, step), "generic": ("openai", step | {"api_key_env": ""}),
@@ -112,35 +116,37 @@ def main() -> None:
             engine = registry.create(backend, "smollm2", **options)
             routes[v] = engine.describe()["route"]  # from the probe cache: no new probe
             engine.close()
+            report(v, results, routes, tasks, figures, args.json)  # as each variant ends: a long run loses none
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(10)
+
+
+def report(name: str, results: dict, routes: dict, tasks, figures: dict, out: str | None) -> None:
+    """One variant's line: e-score / ATVD per task, the largest difference to in-process, the wall time."""
     ref, ref_time = results["in-process"]
-    print(f"{args.server}: {args.runs} runs, seed {args.seed}, steps {args.steps or 'per task'}; e-score / ATVD")
-    figures = {"server": args.server, "flash_attn": args.flash_attn, "runs": args.runs, "steps": args.steps,
-               "seed": args.seed, "variants": {}}
-    for name, (summary, took) in results.items():
-        worst, cells, inside = 0.0, [], []
-        for t in tasks:
-            got, want = summary["tasks"][t.name], ref["tasks"][t.name]
-            e, a = got["e_score"]["mean"], got["atvd"]["mean"]
-            worst = max(worst, abs(e - want["e_score"]["mean"]), abs(a - want["atvd"]["mean"]))
-            cells.append(f"{t.name} {e:.3f}/{a:.3f}")
-            for key in ("e_score", "atvd"):  # the tail-bound interval widened by the t interval's half-width
-                lo, hi = got[f"{key}_bounds"]
-                half = (got[key]["ci"][1] - got[key]["ci"][0]) / 2
-                inside.append(lo - half <= want[key]["mean"] <= hi + half)
-        label = f"{name} [{routes.get(name, 'local')}]"
-        print(f"  {label:48s} {took:7.1f} s ({took / ref_time:4.2f}x)  max |diff| {worst:.4f}  "
-              + "  ".join(cells) + ("" if name == "in-process" else f"  in interval: {all(inside)}"))
-        figures["variants"][name] = {"route": routes.get(name, "local"), "wall_s": took, "ratio": took / ref_time,
-                                     "max_diff": worst, "in_interval": all(inside),
-                                     "tasks": {t.name: {k: summary["tasks"][t.name][k] for k in
-                                                        ("e_score", "atvd", "e_score_bounds", "atvd_bounds")}
-                                               for t in tasks}}
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+    summary, took = results[name]
+    worst, cells, inside = 0.0, [], []
+    for t in tasks:
+        got, want = summary["tasks"][t.name], ref["tasks"][t.name]
+        e, a = got["e_score"]["mean"], got["atvd"]["mean"]
+        worst = max(worst, abs(e - want["e_score"]["mean"]), abs(a - want["atvd"]["mean"]))
+        cells.append(f"{t.name} {e:.3f}/{a:.3f}")
+        for key in ("e_score", "atvd"):  # the tail-bound interval widened by the t interval's half-width
+            lo, hi = got[f"{key}_bounds"]
+            half = (got[key]["ci"][1] - got[key]["ci"][0]) / 2
+            inside.append(lo - half <= want[key]["mean"] <= hi + half)
+    label = f"{name} [{routes.get(name, 'local')}]"
+    print(f"  {label:48s} {took:7.1f} s ({took / ref_time:4.2f}x)  max |diff| {worst:.4f}  "
+          + "  ".join(cells) + ("" if name == "in-process" else f"  in interval: {all(inside)}"), flush=True)
+    figures["variants"][name] = {"route": routes.get(name, "local"), "wall_s": took, "ratio": took / ref_time,
+                                 "max_diff": worst, "in_interval": all(inside),
+                                 "tasks": {t.name: {k: summary["tasks"][t.name][k] for k in
+                                                    ("e_score", "atvd", "e_score_bounds", "atvd_bounds")}
+                                           for t in tasks}}
+    if out:
+        Path(out).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":
