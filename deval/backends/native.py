@@ -154,13 +154,14 @@ def decided_draw(seen: dict[int, float], u: float, vocab: int, given: float | No
     ids, values = ids[order], values[order]
     weights = np.exp(values - values.max())
     cdf = np.cumsum(weights)
-    unseen = (vocab - len(ids)) * float(weights.min())  # no unseen token is likelier than the k-th
-    # the values are log-softmax over the whole vocabulary, normalised by a float32 sum (error <= vocab * 2^-24):
-    # the whole row's weights sum to at most exp(-max) (1 + vocab 2^-24), the unseen ones to that less the seen
-    whole = math.exp(-float(values.max())) * (1 + vocab * FLOAT32_EPS)
-    unseen = min(unseen, max(whole - float(cdf[-1]), 0.0)) * (1 + 1e-9) + 1e-12
-    if given is not None:
+    if given is not None:  # the caller's bound, relative to the largest probability as the sums are
         unseen = given * math.exp(-float(values.max()))
+    else:
+        unseen = (vocab - len(ids)) * float(weights.min())  # no unseen token is likelier than the k-th
+        # the values are log-softmax over the whole vocabulary, normalised by a float32 sum (error <= vocab 2^-24):
+        # the whole row's weights sum to at most exp(-max) (1 + vocab 2^-24), the unseen ones to that less the seen
+        whole = math.exp(-float(values.max())) * (1 + vocab * FLOAT32_EPS)
+        unseen = min(unseen, max(whole - float(cdf[-1]), 0.0)) * (1 + 1e-9) + 1e-12
     low, high = u * cdf[-1], u * (cdf[-1] + unseen)  # where u times the whole row's sum can lie
     j = int(np.searchsorted(cdf, high, side="right"))  # the first visible token past it wherever the tail lies
     if j >= len(ids):
