@@ -180,24 +180,12 @@ class ForcedPrefixes:
             return None
         return wrote, got.logprob - value
 
-    def trusted(self, token: Token) -> dict[int, float]:
-        """Token id -> logprob of the visible entries whose text names one token (a text several tokens spell
-        holds the value of another of them)."""
-        seen: dict[int, float] = {}
-        for alt in [*token.top, token]:
-            if alt.key.startswith("t:") and alt.key[2:] in self.vocab.ambiguous:
-                continue
-            i = self.vocab.token_id(alt.key, alt.raw)
-            if i is not None and math.isfinite(alt.logprob):
-                seen.setdefault(i, alt.logprob)
-        return seen
-
     def light_draw(self, token: Token, u: float) -> int | None:
         """deval's draw at uniform u where the entries that name one token decide it (wherever the rest of the row's
         mass lies), else None. llama-cpp-python's logprobs are a float32 log-softmax (numpy's pairwise sum): the row
         sums to 1 within SLACK."""
-        seen = self.trusted(token)
-        rest = max(0.0, 1.0 - sum(math.exp(v) for v in seen.values())) + SLACK
+        seen, mass = self.vocab.visible_row(token, trusted=True)
+        rest = max(0.0, 1.0 - mass) + SLACK
         return decided_draw(seen, u, self.vocab.n_vocab, given=rest)
 
     def _same(self, got: Token, want: int) -> bool:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deval.backends.http import Refused
-from deval.backends.logprobs import Token
 from deval.backends.urls import redact
 from deval.backends.vocab import Vocab
 from deval.errors import BackendError
@@ -35,16 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from deval.backends.http import Transport  # noqa: F811
 
 FULL_MASS = 0.999  # a visible top-k holding this much is taken as the whole distribution
-
-
-def visible_row(token: Token, vocab: Vocab) -> tuple[dict[int, float], float]:
-    """Token id -> T=1 logprob of every visible candidate at one position, and their total mass."""
-    seen: dict[int, float] = {}
-    for key, raw, lp in [(a.key, a.raw, a.logprob) for a in token.top] + [(token.key, token.raw, token.logprob)]:
-        i = vocab.token_id(key, raw)
-        if i is not None and math.isfinite(lp):
-            seen.setdefault(i, lp)
-    return seen, float(sum(math.exp(v) for v in seen.values()))
 
 
 class Stepper:
@@ -117,13 +106,14 @@ class Stepper:
             return await self.native.dist(transport, tokens, wanted, plain)
         if plain and wanted and LIGHT < self.top and self._forcing(text, tokens):  # the trie tokens' values count
             token = await self._ask(transport, text, LIGHT, tokens, fresh)
-            seen = self.forced.trusted(token) if token is not None and self.forced.reached(tokens) else {}
+            reached = token is not None and self.forced.reached(tokens)
+            seen, mass = self.vocab.visible_row(token, trusted=True) if reached else ({}, 0.0)
             if all(t in seen for t in wanted):
-                return seen, float(sum(math.exp(v) for v in seen.values()))
+                return seen, mass
         token = await self._ask(transport, text, self.top, tokens, fresh)
         if token is None:
             return {}, 0.0
-        seen, mass = visible_row(token, self.vocab)
+        seen, mass = self.vocab.visible_row(token)
         keys = [a.key for a in token.top]
         if wanted is None:  # every visible text several tokens spell (free generation draws from all of them)
             wanted = [self.vocab.by_text[k[2:]] for k in keys if k.startswith("t:") and k[2:] in self.vocab.ambiguous]

@@ -3,7 +3,13 @@ the texts a server returns, end-of-generation tokens and the chat template, load
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 from deval.core.protocol import RunSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deval.backends.logprobs import Token
 
 
 class Vocab:
@@ -69,6 +75,18 @@ class Vocab:
         if key.startswith("b:"):
             return self.by_bytes.get(raw)
         return self.by_text.get(key[2:])
+
+    def visible_row(self, token: "Token", trusted: bool = False) -> tuple[dict[int, float], float]:
+        """Token id -> T=1 logprob of every visible candidate at one position, and their total mass. trusted: only
+        the entries whose text names one token (a text several tokens spell holds the value of another of them)."""
+        seen: dict[int, float] = {}
+        for alt in [*token.top, token]:
+            if trusted and alt.key.startswith("t:") and alt.key[2:] in self.ambiguous:
+                continue
+            i = self.token_id(alt.key, alt.raw)
+            if i is not None and math.isfinite(alt.logprob):
+                seen.setdefault(i, alt.logprob)
+        return seen, float(sum(math.exp(v) for v in seen.values()))
 
     def close(self) -> None:
         self.llm.close()
